@@ -1,0 +1,220 @@
+"""The fast CPU path for NumPy arrays.
+
+SciPy's softmax makes five full-size passes with three temporaries.  Here the canonical
+``(outer, n, inner)`` array is cut into blocks of rows small enough to stay in the L2 cache
+(``_BLOCK_BYTES``), every block runs the in-place ufunc sequence of ``_numerics`` (max,
+subtract, exp, sum, scale: one read and one write of DRAM per element), and blocks are shared
+between threads (NumPy ufuncs release the GIL).  One very long row (``axis=None`` on a big
+array) is split along the row instead: per-chunk (m, c, r) states merged with the online rule,
+then a parallel normalisation pass.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import _numerics as nm
+from ._backend import Backend
+
+#: bytes of compute-dtype data per block: fits a 512 KiB..2 MiB L2 with its temporaries
+_BLOCK_BYTES = 256 * 1024
+_MIN_PARALLEL_BYTES = 1 << 20
+
+_pool = None
+
+
+def _threads():
+    env = os.environ.get("CUSOFT_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _map(fn, items, nbytes):
+    """Run ``fn`` over ``items``; in threads when the data is worth it."""
+    items = list(items)
+    nthreads = _threads()
+    if nthreads == 1 or len(items) == 1 or nbytes < _MIN_PARALLEL_BYTES:
+        return [fn(it) for it in items]
+    global _pool
+    if _pool is None or _pool._max_workers != nthreads:
+        _pool = ThreadPoolExecutor(nthreads, thread_name_prefix="cusoft-cpu")
+    return list(_pool.map(fn, items))
+
+
+def _blocks(outer, n, inner, itemsize):
+    """Slices of the canonical array, each about ``_BLOCK_BYTES``: over ``outer`` when
+    there are enough rows, else over ``inner``.  ``None`` when one row alone is too big."""
+    row_bytes = n * itemsize
+    if outer * inner == 1 and row_bytes > 4 * _BLOCK_BYTES:
+        return None
+    if outer >= inner:
+        per = max(1, _BLOCK_BYTES // max(1, row_bytes * inner))
+        return [(slice(o, min(o + per, outer)), slice(None)) for o in range(0, outer, per)]
+    per = max(1, _BLOCK_BYTES // max(1, row_bytes))
+    return [(slice(o, o + 1), slice(i, min(i + per, inner)))
+            for o in range(outer) for i in range(0, inner, per)]
+
+
+def _compute_dtype(dtype):
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+
+    def available(self):
+        return True, "NumPy is always there"
+
+    # -- forward -------------------------------------------------------------------------
+    def softmax(self, x, out, log):
+        outer, n, inner = x.shape
+        cdt = _compute_dtype(x.dtype)
+        blocks = _blocks(outer, n, inner, np.dtype(cdt).itemsize)
+        if blocks is None:
+            return self._softmax_split(x, out, log)
+
+        def run(sl):
+            xb = x[sl[0], :, sl[1]]
+            ob = out[sl[0], :, sl[1]]
+            if cdt == x.dtype:
+                nm.softmax_block(xb, ob, log)
+            else:
+                tmp = xb.astype(cdt)
+                nm.softmax_block(tmp, tmp, log)
+                ob[...] = tmp
+
+        _map(run, blocks, x.nbytes)
+        return out
+
+    def _chunks(self, n, itemsize):
+        per = max(1, _BLOCK_BYTES // itemsize)
+        return [slice(j, min(j + per, n)) for j in range(0, n, per)]
+
+    def _softmax_split(self, x, out, log):
+        # One long row: per-chunk states, merged in order, then normalise chunk by chunk.
+        row = x[0, :, 0]
+        orow = out[0, :, 0]
+        cdt = _compute_dtype(x.dtype)
+        chunks = self._chunks(row.shape[0], np.dtype(cdt).itemsize)
+
+        def state(sl):
+            return nm.partial_block(row[sl].astype(cdt, copy=False).reshape(1, -1, 1))
+
+        states = _map(state, chunks, x.nbytes)
+        m, c, r = states[0]
+        for s in states[1:]:
+            m, c, r = nm.merge_state(m, c, r, *s)
+        m = float(m[0, 0])
+        tot = float(c[0] + r[0])
+        with np.errstate(**nm._ERR):
+            if log:
+                if not np.isfinite(m):
+                    # rare: hand the whole row to the block rule (same as SciPy's)
+                    tmp = row.astype(cdt).reshape(1, -1, 1)
+                    nm.softmax_block(tmp, tmp, True)
+                    orow[...] = tmp[0, :, 0]
+                    return out
+                shift = cdt.type(m + np.log(tot))
+            else:
+                bad = not np.isfinite(m)
+                inv = cdt.type(1.0 / tot)
+
+            def norm(sl):
+                with np.errstate(**nm._ERR):
+                    t = row[sl].astype(cdt)
+                    if log:
+                        np.subtract(t, shift, out=t)
+                    elif bad:
+                        t[...] = np.nan
+                    else:
+                        np.subtract(t, cdt.type(m), out=t)
+                        np.exp(t, out=t)
+                        np.multiply(t, inv, out=t)
+                    orow[sl] = t
+
+            _map(norm, chunks, x.nbytes)
+        return out
+
+    def _states(self, x, b):
+        """(m, c, r) per row, (outer, inner) each, in the compute dtype."""
+        outer, n, inner = x.shape
+        cdt = _compute_dtype(x.dtype)
+        blocks = _blocks(outer, n, inner, np.dtype(cdt).itemsize)
+        if blocks is None:
+            chunks = self._chunks(n, np.dtype(cdt).itemsize)
+
+            def st(sl):
+                xb = x[:, sl, :].astype(cdt, copy=False)
+                bb = None if b is None else b[:, sl, :].astype(cdt, copy=False)
+                return nm.partial_block(xb, bb)
+
+            states = _map(st, chunks, x.nbytes)
+            m, c, r = states[0]
+            for s in states[1:]:
+                m, c, r = nm.merge_state(m, c, r, *s)
+            return m, c, r
+        m = np.empty((outer, inner), cdt)
+        c = np.empty_like(m)
+        r = np.empty_like(m)
+
+        def run(sl):
+            xb = x[sl[0], :, sl[1]].astype(cdt, copy=False)
+            bb = None if b is None else b[sl[0], :, sl[1]].astype(cdt, copy=False)
+            mm, cc, rr = nm.partial_block(xb, bb)
+            m[sl], c[sl], r[sl] = mm, cc, rr
+
+        _map(run, blocks, x.nbytes)
+        return m, c, r
+
+    def logsumexp(self, x, b, out, sign):
+        m, c, r = self._states(x, b)
+        cdt = m.dtype
+
+        def direct(bad):
+            with np.errstate(**nm._ERR):
+                xx = x.astype(cdt, copy=False)
+                e = np.exp(xx) if b is None else b.astype(cdt, copy=False) * np.exp(xx)
+                return np.sum(e, axis=1)[bad]
+
+        o, s = nm.logsumexp_from_partial(m, c, r, direct, sign is not None)
+        out[...] = o
+        if sign is not None:
+            sign[...] = s
+        return out
+
+    def partial(self, x, b, m, c, r):
+        mm, cc, rr = self._states(x, b)
+        m[...], c[...], r[...] = mm, cc, rr
+
+    # -- backward ------------------------------------------------------------------------
+    def softmax_backward(self, y, dy, out, log):
+        outer, n, inner = y.shape
+        cdt = _compute_dtype(y.dtype)
+        blocks = _blocks(outer, n, inner, np.dtype(cdt).itemsize) or [(slice(None), slice(None))]
+
+        def run(sl):
+            yb = y[sl[0], :, sl[1]].astype(cdt, copy=False)
+            db = dy[sl[0], :, sl[1]].astype(cdt, copy=False)
+            out[sl[0], :, sl[1]] = nm.softmax_backward_block(yb, db, np.empty_like(yb), log)
+
+        _map(run, blocks, y.nbytes)
+        return out
+
+    def cross_entropy(self, x, labels, probs, weight, ignore_index, smoothing, loss, grad,
+                      grad_scale):
+        cdt = _compute_dtype(x.dtype)
+        xx = x.astype(cdt, copy=False)
+        pp = None if probs is None else probs.astype(cdt, copy=False)
+        ww = None if weight is None else weight.astype(cdt, copy=False)
+        lo, gr = nm.cross_entropy_block(xx, labels, pp, ww, ignore_index, smoothing,
+                                        grad_scale, grad is not None)
+        loss[...] = lo
+        if grad is not None:
+            grad[...] = gr

@@ -1,0 +1,137 @@
+"""Fused softmax cross-entropy: the loss and its gradient ``softmax - target`` in one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _dispatch
+from . import _validate as v
+
+_NO_IGNORE = -(2 ** 63)
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_index=None,
+                          label_smoothing=0.0, weight=None, return_grad=False, backend=None):
+    """Cross-entropy between ``softmax(logits, axis)`` and ``target``.
+
+    Parameters
+    ----------
+    logits : array, float
+        Unnormalised log-probabilities; ``axis`` is the class axis (C classes).
+    target : array
+        Either integer class labels with the shape of ``logits`` without ``axis``, or
+        float class probabilities with the shape of ``logits``.
+    reduction : {"mean", "sum", "none"}
+        "mean" divides by the summed weight of the non-ignored labels (labels) or by the
+        number of rows (probabilities), as PyTorch does; "none" returns one loss per row.
+    ignore_index : int, optional
+        Label whose rows add nothing to the loss or the gradient.
+    label_smoothing : float in [0, 1]
+        The target becomes ``(1 - eps) * target + eps / C``.
+    weight : array (C,), optional
+        Per-class weights.
+    return_grad : bool
+        Also return the gradient of the (reduced) loss with respect to ``logits``, computed
+        fused as ``softmax(logits) * sum(w * t) - w * t`` (never through ``-t / p``).
+
+    Returns
+    -------
+    loss, or ``(loss, grad)``.
+    """
+    fname = "softmax_cross_entropy"
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"cusoft.{fname}: reduction must be one of {_REDUCTIONS}, "
+                         f"not {reduction!r}")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"cusoft.{fname}: label_smoothing must be in [0, 1], got {eps}")
+    name = _dispatch.choose(logits, backend)
+    if name == "dask":
+        from . import _dask
+
+        return _dask.softmax_cross_entropy(logits, target, axis, reduction=reduction,
+                                           ignore_index=ignore_index, label_smoothing=eps,
+                                           weight=weight, return_grad=return_grad)
+    be = _dispatch.get_backend(name)
+    kind = _dispatch.KIND[name]
+    xp = v.xp_for(kind)
+    x = v.asarray_checked(fname, logits, kind, "logits")
+    t = v.asarray_checked(fname, target, kind, "target")
+    if x.ndim == 0:
+        raise ValueError(f"cusoft.{fname}: logits must have at least one dimension (classes)")
+    dt = np.dtype(x.dtype)
+    if dt.kind in "biu":
+        dt = np.dtype(np.float64)
+    if dt not in v._FLOATS:
+        raise TypeError(f"cusoft.{fname}: logits dtype {dt} is not supported; use float16, "
+                        f"float32 or float64")
+    (ax,) = v.normalize_axes(axis, x.ndim, fname)
+    shape = tuple(x.shape)
+    C = shape[ax]
+    rows_shape = shape[:ax] + shape[ax + 1:]
+    tdt = np.dtype(t.dtype)
+    labels = probs = None
+    if tdt.kind in "iu":
+        if tuple(t.shape) != rows_shape:
+            raise ValueError(f"cusoft.{fname}: integer target must have shape {rows_shape} "
+                             f"(logits without axis {ax}), got {tuple(t.shape)}")
+        labels = t.astype(np.int64)
+        ign = _NO_IGNORE if ignore_index is None else int(ignore_index)
+        bad = (labels != ign) & ((labels < 0) | (labels >= C))
+        if bool(bad.any()):
+            first = int(labels[bad].ravel()[0])
+            raise ValueError(f"cusoft.{fname}: target label {first} is out of bounds for "
+                             f"{C} classes")
+    elif tdt.kind == "f":
+        if tuple(t.shape) != shape:
+            raise ValueError(f"cusoft.{fname}: probability target must have the shape of "
+                             f"logits {shape}, got {tuple(t.shape)}")
+        if ignore_index is not None:
+            raise ValueError(f"cusoft.{fname}: ignore_index needs integer class labels")
+        probs = t.astype(dt)
+        ign = _NO_IGNORE
+    else:
+        raise TypeError(f"cusoft.{fname}: target must be integer labels or float "
+                        f"probabilities, not {tdt}")
+    w = None
+    if weight is not None:
+        w = v.asarray_checked(fname, weight, kind, "weight").astype(dt)
+        if tuple(w.shape) != (C,):
+            raise ValueError(f"cusoft.{fname}: weight must have shape ({C},), got "
+                             f"{tuple(w.shape)}")
+    x3, _ = v.to_canonical(xp, x.astype(dt, copy=False), (ax,))
+    outer, _, inner = x3.shape
+    lab3 = None if labels is None else xp.ascontiguousarray(labels).reshape(outer, inner)
+    prob3 = None if probs is None else v.to_canonical(xp, probs, (ax,))[0]
+    # the reduction's factor, folded into the fused gradient
+    if reduction == "mean":
+        if labels is not None:
+            keep = lab3 != ign
+            if w is None:
+                den = float(keep.sum())
+            else:
+                den = float((w[xp.where(keep, lab3, 0)] * keep).sum())
+        else:
+            den = float(outer * inner)
+        scale = 1.0 / den if den != 0 else float("nan")
+    else:
+        scale = 1.0
+    loss3 = xp.empty((outer, inner), dt)
+    grad3 = xp.empty(x3.shape, dt) if return_grad else None
+    if outer * inner and C:
+        be.cross_entropy(x3, lab3, prob3, w, ign, eps, loss3, grad3, scale)
+    elif outer * inner:
+        loss3[...] = 0
+    loss = loss3.reshape(rows_shape)
+    if reduction == "sum":
+        loss = loss.sum(dtype=dt)
+    elif reduction == "mean":
+        loss = (loss.sum(dtype=np.float64) * scale).astype(dt)
+    loss = v.from_kind(loss, logits)
+    if isinstance(loss, np.ndarray) and loss.ndim == 0:
+        loss = loss[()]
+    if not return_grad:
+        return loss
+    grad = v.from_kind(grad3.reshape(shape), logits)
+    return loss, grad
