@@ -16,11 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _cpu_kernels
 from . import _numerics as nm
 from ._backend import Backend
 
 #: bytes of compute-dtype data per block: fits a 512 KiB..2 MiB L2 with its temporaries
-_BLOCK_BYTES = 256 * 1024
+_BLOCK_BYTES = 1024 * 1024
 _MIN_PARALLEL_BYTES = 1 << 20
 
 _pool = None
@@ -37,15 +38,21 @@ def _threads():
 
 
 def _map(fn, items, nbytes):
-    """Run ``fn`` over ``items``; in threads when the data is worth it."""
+    """Run ``fn`` over ``items`` in order; in threads when the data is worth it.
+
+    Each thread takes one contiguous share of the items (static partition: one pool
+    dispatch per thread, neighbouring blocks stay on one core)."""
     items = list(items)
-    nthreads = _threads()
-    if nthreads == 1 or len(items) == 1 or nbytes < _MIN_PARALLEL_BYTES:
+    nthreads = min(_threads(), len(items))
+    if nthreads <= 1 or nbytes < _MIN_PARALLEL_BYTES:
         return [fn(it) for it in items]
     global _pool
-    if _pool is None or _pool._max_workers != nthreads:
+    if _pool is None or _pool._max_workers < nthreads:
         _pool = ThreadPoolExecutor(nthreads, thread_name_prefix="cusoft-cpu")
-    return list(_pool.map(fn, items))
+    bounds = [len(items) * t // nthreads for t in range(nthreads + 1)]
+    shares = [items[bounds[t]:bounds[t + 1]] for t in range(nthreads)]
+    parts = list(_pool.map(lambda share: [fn(it) for it in share], shares))
+    return [r for part in parts for r in part]
 
 
 def _blocks(outer, n, inner, itemsize):
@@ -60,6 +67,21 @@ def _blocks(outer, n, inner, itemsize):
     per = max(1, _BLOCK_BYTES // max(1, row_bytes))
     return [(slice(o, o + 1), slice(i, min(i + per, inner)))
             for o in range(outer) for i in range(0, inner, per)]
+
+
+def _fused_rows(x2, o2, cdt, log):
+    """The Numba row kernel on a (rows, n) block; False when a row max is not finite
+    (the block then takes the NumPy rules)."""
+    xw = x2 if x2.dtype == cdt else x2.astype(cdt)
+    with np.errstate(invalid="ignore"):
+        m = xw.max(axis=1)
+    if not np.isfinite(m).all():
+        return False
+    ow = o2 if o2.dtype == cdt else np.empty_like(xw)
+    _cpu_kernels.softmax_rows(xw, m, ow, log)
+    if ow is not o2:
+        o2[...] = ow
+    return True
 
 
 def _compute_dtype(dtype):
@@ -83,6 +105,8 @@ class CpuBackend(Backend):
         def run(sl):
             xb = x[sl[0], :, sl[1]]
             ob = out[sl[0], :, sl[1]]
+            if inner == 1 and _fused_rows(xb[:, :, 0], ob[:, :, 0], cdt, log):
+                return
             if cdt == x.dtype:
                 nm.softmax_block(xb, ob, log)
             else:
