@@ -1,0 +1,149 @@
+"""Launch of ``kernels_cu/attention.cu``: the one launch-configuration table, the module
+loaders (CuPy RawModule per device, simt module per process) and the argument marshalling.
+
+``launch_config`` is the single source of truth for the kernel variant (head-dim bucket and
+tile shape per dtype), the grid, the block and the dynamic shared bytes; the kernel derives
+its shared layout from the same template arguments (Q [BM][DB], K/V [BN][DB+1],
+P [BM][BN+1], alpha [BM], in the accumulation type).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import os
+import threading
+
+import numpy as np
+
+#: threads per block; kernels_cu/attention.cu has the same constant (attn::kThreads)
+THREADS = 128
+#: head-dim buckets: a runtime D, Dv <= bucket runs on that instantiation
+BUCKETS = (32, 64, 128, 256)
+#: (accumulation itemsize, bucket) -> (BM query rows, BN keys) per block.  Sized so the
+#: per-thread accumulator (BM*DB/128 values) and logit tile (BM*BN/128) stay in registers
+#: without spills and shared memory stays under ~110 KB (sm_80 allows 163 KB per block).
+TILES = {
+    (4, 32): (64, 64), (4, 64): (64, 64), (4, 128): (64, 32), (4, 256): (32, 32),
+    (8, 32): (64, 32), (8, 64): (32, 32), (8, 128): (32, 32), (8, 256): (16, 32),
+}
+_CTYPE = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
+          np.dtype(np.float64): "double"}
+MAX_HEAD_DIM = BUCKETS[-1]
+#: CUDA's grid.y limit
+_MAX_GRID_Y = 65535
+
+Config = collections.namedtuple("Config", "name grid block shared_mem bm bn bucket")
+
+#: a broadcast operand: ``array`` the compact (never expanded) data, ``strides`` the four
+#: element strides (batch, head, row, key) that map (b, h, i, j) into it (0 on broadcast axes)
+Operand = collections.namedtuple("Operand", "array strides")
+
+
+def kernel_name(dtype, bucket):
+    acc = 8 if np.dtype(dtype) == np.float64 else 4
+    bm, bn = TILES[(acc, bucket)]
+    return f"attention_fwd<{_CTYPE[np.dtype(dtype)]}, {bucket}, {bm}, {bn}>"
+
+
+def all_kernel_names():
+    """Every instantiation the launcher can ask for (compile tests, precompile)."""
+    return [kernel_name(dt, b) for dt in _CTYPE for b in BUCKETS]
+
+
+def launch_config(dtype, B, Hq, Lq, D, Dv):
+    """Kernel name, grid, block and dynamic shared bytes for one attention call."""
+    dtype = np.dtype(dtype)
+    need = max(D, Dv)
+    bucket = next((b for b in BUCKETS if need <= b), None)
+    if bucket is None:
+        raise ValueError(f"head dimension {need} is larger than the kernels' maximum "
+                         f"{MAX_HEAD_DIM}; use the NumPy path")
+    acc = 8 if dtype == np.float64 else 4
+    bm, bn = TILES[(acc, bucket)]
+    shared = acc * (bm * bucket + bn * (bucket + 1) + bm * (bn + 1) + bm)
+    grid = (B * Hq, math.ceil(Lq / bm), 1)
+    return Config(kernel_name(dtype, bucket), grid, (THREADS, 1, 1), shared, bm, bn, bucket)
+
+
+def kernel_source():
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.path.join(here, "..", "kernels_cu", "attention.cu"),
+                 os.path.join(here, "kernels_cu", "attention.cu")):
+        if os.path.exists(cand):
+            with open(cand) as f:
+                return f.read()
+    from importlib import resources
+
+    return resources.files("cusoft.kernels_cu").joinpath("attention.cu").read_text()
+
+
+NVRTC_OPTIONS = ("-std=c++17",)
+
+_lock = threading.Lock()
+_cupy_modules = {}
+
+
+def cupy_module():
+    """The attention RawModule of the current device, compiled on first use."""
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    with _lock:
+        mod = _cupy_modules.get(dev)
+        if mod is None:
+            mod = cupy.RawModule(code=kernel_source(), options=NVRTC_OPTIONS,
+                                 name_expressions=all_kernel_names())
+            _cupy_modules[dev] = mod
+    return mod
+
+
+@functools.lru_cache(None)
+def simt_module():
+    """The attention module of the CPU emulation harness (g++ under AddressSanitizer)."""
+    from cusoft import simt
+
+    return simt.SimtModule(code=kernel_source(), options=NVRTC_OPTIONS,
+                           name_expressions=all_kernel_names())
+
+
+def _acc_scalar(dtype, x):
+    return np.float64(x) if np.dtype(dtype) == np.float64 else np.float32(x)
+
+
+def launch_attention(module_getter, xp, q, k, v, mask, bias, out, lse, scale, causal):
+    """Run attention_fwd on canonical arrays (see ``cusoft/_attention.py``).
+
+    q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv) C-contiguous
+    in one storage dtype; lse (B, Hq, Lq) in the accumulation dtype; mask/bias ``None`` or an
+    ``Operand`` (mask data uint8, bias data in the storage dtype)."""
+    B, Hq, Lq, D = (int(s) for s in q.shape)
+    Hkv, Lk, Dv = int(k.shape[1]), int(k.shape[2]), int(v.shape[-1])
+    cfg = launch_config(q.dtype, B, Hq, Lq, D, Dv)
+    fn = module_getter().get_function(cfg.name)
+    if cfg.shared_mem > 48 * 1024 and hasattr(fn, "max_dynamic_shared_size_bytes"):
+        # CUDA needs an explicit opt-in above 48 KB of dynamic shared memory
+        if fn.max_dynamic_shared_size_bytes < cfg.shared_mem:
+            fn.max_dynamic_shared_size_bytes = cfg.shared_mem
+    want_lse = lse is not None
+    dummy = None
+    if mask is None or bias is None:
+        dummy = xp.zeros(1, dtype=q.dtype)
+    mk = mask.array if mask is not None else dummy.view(np.uint8)
+    bs = bias.array if bias is not None else dummy
+    ms = mask.strides if mask is not None else (0, 0, 0, 0)
+    bst = bias.strides if bias is not None else (0, 0, 0, 0)
+    i32, i64 = np.int32, np.int64
+    if lse is None:
+        lse = xp.zeros(1, dtype=np.float64 if q.dtype == np.float64 else np.float32)
+    args = (q, k, v, mk, bs, out, lse,
+            i32(Hq), i32(Hkv), i32(Lq), i32(Lk), i32(D), i32(Dv),
+            _acc_scalar(q.dtype, scale * math.log2(math.e)), i32(bool(causal)),
+            i32(mask is not None), i32(bias is not None), i32(want_lse),
+            *(i64(s) for s in ms), *(i64(s) for s in bst))
+    grid = cfg.grid
+    if grid[1] > _MAX_GRID_Y:
+        raise ValueError(f"Lq = {Lq} needs {grid[1]} query tiles, more than CUDA's grid limit "
+                         f"{_MAX_GRID_Y}; split the queries")
+    fn(grid, cfg.block, args, shared_mem=cfg.shared_mem)
