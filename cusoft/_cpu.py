@@ -80,7 +80,8 @@ def _fused_rows(x2, o2, cdt, log):
     ow = o2 if o2.dtype == cdt else np.empty_like(xw)
     _cpu_kernels.softmax_rows(xw, m, ow, log)
     if ow is not o2:
-        o2[...] = ow
+        with np.errstate(over="ignore"):
+            o2[...] = ow
     return True
 
 
@@ -112,7 +113,8 @@ class CpuBackend(Backend):
             else:
                 tmp = xb.astype(cdt)
                 nm.softmax_block(tmp, tmp, log)
-                ob[...] = tmp
+                with np.errstate(over="ignore"):
+                    ob[...] = tmp
 
         _map(run, blocks, x.nbytes)
         return out
@@ -136,7 +138,7 @@ class CpuBackend(Backend):
         for s in states[1:]:
             m, c, r = nm.merge_state(m, c, r, *s)
         m = float(m[0, 0])
-        tot = float(c[0] + r[0])
+        tot = float(c[0, 0] + r[0, 0])
         with np.errstate(**nm._ERR):
             if log:
                 if not np.isfinite(m):

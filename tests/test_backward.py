@@ -1,0 +1,58 @@
+"""Gradients of softmax/log_softmax against finite differences and a float64 formula."""
+
+import numpy as np
+import pytest
+import scipy.special as sp
+
+import cusoft
+from conftest import assert_close
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("axis", [0, 1, -1, None, (0, 2)])
+def test_backward_formulas(dtype, axis):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 9, 5))
+    dy = rng.standard_normal(x.shape)
+    y = sp.softmax(x, axis=axis)
+    ly = sp.log_softmax(x, axis=axis)
+    red = axis if axis is not None else None
+    ref = y * (dy - np.sum(dy * y, axis=red, keepdims=True))
+    lref = dy - np.exp(ly) * np.sum(dy, axis=red, keepdims=True)
+    got = cusoft.softmax_backward(y.astype(dtype), dy.astype(dtype), axis=axis)
+    lgot = cusoft.log_softmax_backward(ly.astype(dtype), dy.astype(dtype), axis=axis)
+    assert got.dtype == dtype and lgot.dtype == dtype
+    tol_dtype = np.float32 if dtype == np.float16 else dtype
+    if dtype == np.float16:
+        # inputs rounded to half: compare with the formula on the rounded inputs
+        y16, ly16, dy16 = (a.astype(np.float16).astype(np.float64) for a in (y, ly, dy))
+        ref = y16 * (dy16 - np.sum(dy16 * y16, axis=red, keepdims=True))
+        lref = dy16 - np.exp(ly16) * np.sum(dy16, axis=red, keepdims=True)
+        tol_dtype = np.float16
+    assert_close(got, ref, tol_dtype)
+    assert_close(lgot, lref, tol_dtype)
+
+
+def test_backward_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 6))
+    v = rng.standard_normal(x.shape)          # loss = sum(v * softmax(x))
+    g = cusoft.softmax_backward(cusoft.softmax(x, axis=1), v, axis=1)
+    lg = cusoft.log_softmax_backward(cusoft.log_softmax(x, axis=1), v, axis=1)
+    h = 1e-6
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            e = np.zeros_like(x)
+            e[i, j] = h
+            fd = (np.sum(v * sp.softmax(x + e, axis=1)) - np.sum(v * sp.softmax(x - e, axis=1)))
+            lfd = (np.sum(v * sp.log_softmax(x + e, axis=1))
+                   - np.sum(v * sp.log_softmax(x - e, axis=1)))
+            assert g[i, j] == pytest.approx(fd / (2 * h), abs=1e-7)
+            assert lg[i, j] == pytest.approx(lfd / (2 * h), abs=1e-7)
+
+
+def test_backward_errors():
+    with pytest.raises(ValueError, match="shape"):
+        cusoft.softmax_backward(np.zeros((2, 3)), np.zeros((3, 2)), axis=1)
+    with pytest.raises(TypeError):
+        cusoft.softmax_backward(np.zeros(3), np.array(["a", "b", "c"]))

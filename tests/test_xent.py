@@ -1,0 +1,131 @@
+"""softmax_cross_entropy: loss against a float64 SciPy reference, gradient against the
+reference and finite differences."""
+
+import numpy as np
+import pytest
+import scipy.special as sp
+
+import cusoft
+from conftest import assert_close
+
+
+def ref_xent(x, target, axis=-1, reduction="mean", ignore_index=None, eps=0.0, weight=None):
+    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    C = x.shape[-1]
+    logp = sp.log_softmax(x, axis=-1)
+    w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+    if np.asarray(target).dtype.kind in "iu":
+        lab = np.asarray(target)
+        keep = np.ones(lab.shape, bool) if ignore_index is None else lab != ignore_index
+        safe = np.where(keep, lab, 0)
+        t = np.eye(C)[safe] * (1 - eps) + eps / C
+        t = t * keep[..., None]
+        den = np.sum(w[safe] * keep)
+    else:
+        t = np.moveaxis(np.asarray(target, np.float64), axis, -1)
+        t = (1 - eps) * t + eps / C
+        den = t[..., 0].size
+    wt = t * w
+    with np.errstate(invalid="ignore"):
+        loss = -np.sum(np.where(wt == 0, 0, wt * logp), axis=-1)
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / den
+    return loss
+
+
+def num_grad(f, x, h=1e-6):
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = h
+        g[idx] = (f(x + e) - f(x - e)) / (2 * h)
+    return g
+
+
+CASES = [
+    dict(),
+    dict(reduction="sum"),
+    dict(reduction="none"),
+    dict(ignore_index=2),
+    dict(eps=0.1),
+    dict(weight=[0.5, 2.0, 1.0, 0.25, 3.0]),
+    dict(weight=[0.5, 2.0, 1.0, 0.25, 3.0], eps=0.2, ignore_index=1, reduction="mean"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_labels(case, dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((7, 5)) * 3).astype(dtype)
+    y = rng.integers(0, 5, size=7)
+    y[:2] = 2
+    kw = dict(reduction=case.get("reduction", "mean"), ignore_index=case.get("ignore_index"),
+              label_smoothing=case.get("eps", 0.0), weight=case.get("weight"))
+    loss, grad = cusoft.softmax_cross_entropy(x, y, return_grad=True, **kw)
+    ref = ref_xent(x, y, reduction=kw["reduction"], ignore_index=kw["ignore_index"],
+                   eps=kw["label_smoothing"], weight=kw["weight"])
+    assert_close(loss, ref, dtype)
+    if kw["reduction"] != "none":
+        x64 = x.astype(np.float64)
+        g = num_grad(lambda z: ref_xent(z, y, reduction=kw["reduction"],
+                                        ignore_index=kw["ignore_index"],
+                                        eps=kw["label_smoothing"], weight=kw["weight"]), x64)
+        np.testing.assert_allclose(grad, g, atol=1e-5 if dtype == np.float32 else 1e-8)
+    if kw["ignore_index"] is not None:
+        assert np.all(grad[y == kw["ignore_index"]] == 0)
+
+
+@pytest.mark.parametrize("axis", [1, -1, 0])
+def test_probabilities_any_axis(axis):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 6, 3))
+    t = sp.softmax(rng.standard_normal(x.shape), axis=axis)
+    for red in ("mean", "sum", "none"):
+        loss, grad = cusoft.softmax_cross_entropy(x, t, axis=axis, reduction=red,
+                                                  label_smoothing=0.05, return_grad=True)
+        assert_close(loss, ref_xent(x, t, axis=axis, reduction=red, eps=0.05), np.float64)
+        if red == "sum":
+            g = num_grad(lambda z: ref_xent(z, t, axis=axis, reduction="sum", eps=0.05), x)
+            np.testing.assert_allclose(grad, g, atol=1e-8)
+
+
+def test_gradient_is_softmax_minus_target():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 10))
+    y = rng.integers(0, 10, 8)
+    _, g = cusoft.softmax_cross_entropy(x, y, reduction="sum", return_grad=True)
+    np.testing.assert_allclose(g, sp.softmax(x, axis=1) - np.eye(10)[y], atol=1e-15)
+
+
+def test_extreme_logits_stay_finite():
+    x = np.array([[1000.0, -1000.0, 0.0], [-np.inf, 0.0, 1.0]])
+    y = np.array([1, 2])
+    loss = cusoft.softmax_cross_entropy(x, y, reduction="none")
+    np.testing.assert_allclose(loss, ref_xent(x, y, reduction="none"))
+    assert np.isfinite(loss).all()
+
+
+def test_all_ignored_mean_is_nan():
+    loss = cusoft.softmax_cross_entropy(np.zeros((2, 3)), np.array([1, 1]), ignore_index=1)
+    assert np.isnan(loss)
+
+
+def test_errors():
+    x = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="out of bounds"):
+        cusoft.softmax_cross_entropy(x, np.array([0, 1, 3, 0]))
+    with pytest.raises(ValueError, match="shape"):
+        cusoft.softmax_cross_entropy(x, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        cusoft.softmax_cross_entropy(x, np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="reduction"):
+        cusoft.softmax_cross_entropy(x, np.zeros(4, int), reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        cusoft.softmax_cross_entropy(x, np.zeros(4, int), label_smoothing=1.5)
+    with pytest.raises(ValueError, match="weight"):
+        cusoft.softmax_cross_entropy(x, np.zeros(4, int), weight=np.ones(2))
+    with pytest.raises(TypeError, match="target"):
+        cusoft.softmax_cross_entropy(x, np.array(["a"] * 4))
