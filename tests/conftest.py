@@ -8,8 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-#: max |cusoft - scipy(float64)| allowed, relative to max(1, |ref|), per compute dtype
-TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
+from cusoft._check import TOLERANCE as TOL  # the one tolerance table (also used by `check`)
 
 
 @functools.lru_cache(None)

@@ -1,0 +1,52 @@
+"""``python -m cusoft check | info [--kernels]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m cusoft")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="validate every function on every backend usable here "
+                                     "against SciPy (float64); non-zero exit on failure")
+    c.add_argument("--backend", action="append", help="only these backends (repeatable)")
+    c.add_argument("--seed", type=int, default=0)
+    i = sub.add_parser("info", help="versions, GPUs, usable backends")
+    i.add_argument("--kernels", action="store_true",
+                   help="also registers/spills of every RawKernel (sm_80, sm_90; needs nvcc)")
+    args = ap.parse_args(argv)
+    if args.cmd == "check":
+        from . import _check
+
+        return 0 if _check.run(args.backend, seed=args.seed) else 1
+    from . import _config
+
+    _config.show_config()
+    if args.kernels:
+        _print_kernels()
+    return 0
+
+
+def _print_kernels():
+    try:
+        from ._cupy._inspect import kernel_resources
+    except ImportError as exc:
+        print(f"kernel resources unavailable: {exc}")
+        return
+    for arch in ("sm_80", "sm_90"):
+        try:
+            rows = kernel_resources(arch)
+        except Exception as exc:  # nvcc missing or failing: say so, do not crash
+            print(f"{arch}: {type(exc).__name__}: {exc}")
+            continue
+        print(f"\n{arch}: {'kernel':60s} {'regs':>5s} {'spill st':>9s} {'spill ld':>9s} "
+              f"{'smem':>6s}")
+        for r in rows:
+            print(f"      {r['name'][:60]:60s} {r['registers']:5d} {r['spill_stores']:9d} "
+                  f"{r['spill_loads']:9d} {r.get('shared', 0):6d}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
