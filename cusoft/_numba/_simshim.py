@@ -17,6 +17,12 @@ simulated ``cuda`` module.  They are collectives, as on the device:
   which every live thread waits (a deadlock) -> ``WarpSyncError`` in the waiting lanes,
   which the simulator re-raises from the launch; nothing is silently wrong.
 
+With ``racecheck`` (the default) shared memory is checked too: every shared array records,
+per element, which thread wrote it and which threads read it since the last ``syncthreads``;
+a read of another thread's write, or a write over another thread's write or read, with no
+barrier in between is a data race (``SharedRaceError``).  The check is exact, not timing
+dependent, so a missing ``syncthreads`` is caught whichever way the Python threads run.
+
 It also gives kernel modules IEEE device math (:class:`DeviceMath`): on the GPU ``exp``
 overflows to ``inf`` and ``log(0)`` is ``-inf``, while Python's ``math`` raises; the
 replacement computes in the precision of its argument, like the device's ``expf``/``exp``.
@@ -31,6 +37,7 @@ Install only in a process where the simulator is active (it refuses otherwise)::
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 
@@ -46,6 +53,71 @@ _SHUFFLE_TYPES = (int, float, np.int32, np.int64, np.uint32, np.uint64, np.float
 
 class WarpSyncError(RuntimeError):
     """A warp collective used in a way that is undefined or hangs on a real GPU."""
+
+
+class SharedRaceError(RuntimeError):
+    """Two threads of a block touch one shared element with no barrier in between."""
+
+
+def _element_key(idx):
+    if isinstance(idx, tuple):
+        return tuple(int(i) for i in idx)
+    return int(idx)
+
+
+class CheckedShared:
+    """A simulated shared array that detects races between barriers (see module doc)."""
+
+    def __init__(self, arr):
+        self._arr = arr
+        self._lock = threading.Lock()
+        self._writes = {}  # element -> (manager, epoch, writer tid)
+        self._reads = {}   # element -> (manager, epoch, {reader tids})
+
+    def __getattr__(self, name):
+        return getattr(self._arr, name)
+
+    def __len__(self):
+        return len(self._arr)
+
+    @staticmethod
+    def _who():
+        t = threading.current_thread()
+        return t._manager, getattr(t, "_cusoft_epoch", 0), t.thread_id
+
+    def __getitem__(self, idx):
+        mgr, epoch, tid = self._who()
+        key = _element_key(idx)
+        with self._lock:
+            w = self._writes.get(key)
+            if w is not None and w[0] is mgr and w[1] == epoch and w[2] != tid:
+                raise SharedRaceError(
+                    f"shared[{key}]: thread {tid} reads what thread {w[2]} wrote with no "
+                    f"syncthreads in between (read-after-write race)")
+            r = self._reads.get(key)
+            if r is None or r[0] is not mgr or r[1] != epoch:
+                self._reads[key] = (mgr, epoch, {tid})
+            else:
+                r[2].add(tid)
+        return self._arr[idx]
+
+    def __setitem__(self, idx, value):
+        mgr, epoch, tid = self._who()
+        key = _element_key(idx)
+        with self._lock:
+            w = self._writes.get(key)
+            if w is not None and w[0] is mgr and w[1] == epoch and w[2] != tid:
+                raise SharedRaceError(
+                    f"shared[{key}]: threads {w[2]} and {tid} both write it with no "
+                    f"syncthreads in between (write-after-write race)")
+            r = self._reads.get(key)
+            if r is not None and r[0] is mgr and r[1] == epoch and (r[2] - {tid}):
+                raise SharedRaceError(
+                    f"shared[{key}]: thread {tid} overwrites what thread(s) "
+                    f"{sorted(r[2] - {tid})[:4]} read with no syncthreads in between "
+                    f"(write-after-read race)")
+            self._writes[key] = (mgr, epoch, tid)
+        self._arr[idx] = value
 
 
 class DeviceMath:
@@ -322,9 +394,10 @@ def simulator_active():
     return bool(config.ENABLE_CUDASIM)
 
 
-def install(kernel_modules=None):
-    """Add the warp intrinsics to the simulator and IEEE math to ``kernel_modules``
-    (default: ``cusoft._numba.kernels``).  Idempotent; RuntimeError without the simulator."""
+def install(kernel_modules=None, racecheck=True):
+    """Add the warp intrinsics (and, with ``racecheck``, the shared-memory race check) to
+    the simulator and IEEE math to ``kernel_modules`` (default: ``cusoft._numba.kernels``).
+    Idempotent; RuntimeError when the simulator is not active."""
     global _saved
     if not simulator_active():
         raise RuntimeError("the warp shim is for the CUDA simulator only: set "
@@ -338,12 +411,16 @@ def install(kernel_modules=None):
             mod.math = DeviceMath()
     if _saved is not None:
         return
+    from numba.cuda import types as numba_types
+    from numba.cuda.np import numpy_support
     from numba.cuda.simulator import kernel as simkernel
     from numba.cuda.simulator import kernelapi
 
     mgr_init = simkernel.BlockManager.__init__
     thr_init = simkernel.BlockThread.__init__
     thr_run = simkernel.BlockThread.run
+    thr_sync = simkernel.BlockThread.syncthreads
+    shared_array = kernelapi.FakeCUDAShared.array
 
     def manager_init(self, f, grid_dim, block_dim, debug):
         mgr_init(self, f, grid_dim, block_dim, debug)
@@ -352,6 +429,7 @@ def install(kernel_modules=None):
     def thread_init(self, f, manager, blockIdx, threadIdx, debug):
         thr_init(self, f, manager, blockIdx, threadIdx, debug)
         self._cusoft_exited = False
+        self._cusoft_epoch = 0  # barriers passed: equal in all threads between barriers
         # registered in the launching thread, before start(): a lane that is missing from
         # this table has not been created yet, a registered one that is gone has exited
         sync = getattr(manager, "_cusoft_sync", None)
@@ -371,13 +449,43 @@ def install(kernel_modules=None):
                 with sync.cond:
                     sync.cond.notify_all()
 
+    def thread_syncthreads(self):
+        thr_sync(self)
+        self._cusoft_epoch += 1
+
+    def checked_shared_array(self, shape, dtype, alignment=None):
+        cache = self.__dict__.setdefault("_cusoft_checked", {})
+        if shape == 0:
+            arr = shared_array(self, shape, dtype, alignment)
+            key = ("dynamic", np.dtype(arr.dtype).str)
+        else:
+            # as the simulator: one static array per source line of the allocation
+            caller = sys._getframe(1)
+            key = (caller.f_code.co_filename, caller.f_lineno)
+            arr = None
+        chk = cache.get(key)
+        if chk is None:
+            if arr is None:
+                if alignment is not None:
+                    raise RuntimeError("Array alignment is not supported in cudasim")
+                if isinstance(dtype, numba_types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                arr = np.empty(shape, dtype)
+            # one checker per buffer, shared by all threads of the launch
+            chk = cache.setdefault(key, CheckedShared(arr))
+        return chk
+
     _saved = {
         "manager_init": mgr_init, "thread_init": thr_init, "thread_run": thr_run,
+        "thread_sync": thr_sync, "shared_array": shared_array,
         "intrinsics": {k: getattr(kernelapi.FakeCUDAModule, k, None) for k in _INTRINSICS},
     }
     simkernel.BlockManager.__init__ = manager_init
     simkernel.BlockThread.__init__ = thread_init
     simkernel.BlockThread.run = thread_run
+    simkernel.BlockThread.syncthreads = thread_syncthreads
+    if racecheck:
+        kernelapi.FakeCUDAShared.array = checked_shared_array
     for name, fn in _INTRINSICS.items():
         setattr(kernelapi.FakeCUDAModule, name, fn)
 
@@ -393,6 +501,8 @@ def uninstall():
     simkernel.BlockManager.__init__ = _saved["manager_init"]
     simkernel.BlockThread.__init__ = _saved["thread_init"]
     simkernel.BlockThread.run = _saved["thread_run"]
+    simkernel.BlockThread.syncthreads = _saved["thread_sync"]
+    kernelapi.FakeCUDAShared.array = _saved["shared_array"]
     for name, fn in _saved["intrinsics"].items():
         if fn is None:
             delattr(kernelapi.FakeCUDAModule, name)
