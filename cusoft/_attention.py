@@ -206,7 +206,7 @@ def _check_shapes(qa, ka, va):
                          f"heads and {Lv} values; they must match")
     if D < 1 or Dv < 1:
         raise ValueError(f"cusoft.attention: head dims must be at least 1 (D = {D}, Dv = {Dv})")
-    if Hkv == 0 or Hq % Hkv:
+    if (Hq % Hkv) if Hkv else Hq:
         raise ValueError(f"cusoft.attention: q has {Hq} heads, which is not a multiple of the "
                          f"{Hkv} key/value heads")
     try:
