@@ -631,7 +631,7 @@ void run_launch(const LaunchConfig& cfg, FiberBody body, void* ctx) {
 // "SIMT", u32 version, u32 nkernels, then per kernel u32 len + name, u32 nparams, and per
 // parameter u8 kind + u32 size.  Each request: "LNCH", u32 kernel, u32 grid[3], u32 block[3],
 // u64 shared_mem, u64 seed, u32 nbufs, u32 nargs, per buffer u64 size + bytes, per argument
-// u8 'p' + u32 buffer + u64 offset or u8 's' + u32 size + bytes.  Reply: "DONE", then every
+// u8 'p' + u32 buffer + u64 offset, u8 'n' (null pointer) or u8 's' + u32 size + bytes.  Reply: "DONE", then every
 // buffer's bytes.  "QUIT" or end of input stops the server.  Any error ends the process with
 // a report on stderr; the Python side turns that into an exception.
 namespace {
@@ -741,6 +741,8 @@ int serve(int argc, char** argv, const KernelEntry* table, unsigned count) {
                 unsigned long long off = read_val<unsigned long long>();
                 if (b >= nbufs || off > sizes[b]) detail::fail("bad buffer reference in argument %u", a);
                 args[a].ptr = static_cast<unsigned char*>(bufs[b]) + off;
+            } else if (kind == 'n') {
+                args[a].kind = 'p';  // a null pointer
             } else if (kind == 's') {
                 unsigned size = read_val<unsigned>();
                 scalars[a].resize(size);
@@ -751,7 +753,7 @@ int serve(int argc, char** argv, const KernelEntry* table, unsigned count) {
                 detail::fail("bad argument kind in request");
             }
             const ParamInfo& p = e.params[a];
-            if ((p.kind == 'p') != (kind == 'p') || (kind == 's' && args[a].size != p.size))
+            if ((p.kind == 'p') != (args[a].kind == 'p') || (kind == 's' && args[a].size != p.size))
                 detail::fail("argument %u does not match the parameter of %s", a, e.name);
         }
         e.invoke(cfg, args.data());
