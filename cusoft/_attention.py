@@ -384,7 +384,7 @@ def _backend_fn(name, method):
                 f"use NumPy or CuPy arrays") from None
         return nb_attention.run(method)
     if name != "cpu":
-        _dispatch.get_backend(name)  # BackendError saying why, when it cannot run here
+        _available(name)
     if method == "naive":
         return _array_path(attention_naive)
     if name == "cpu":
@@ -393,3 +393,21 @@ def _backend_fn(name, method):
         return _kernel_path("simt_module")
     return _kernel_path("cupy_module")
 
+
+
+def _available(name):
+    """BackendError saying why ``name`` cannot run attention here (before any work)."""
+    try:
+        if name == "simt":
+            from . import simt
+
+            ok, why = simt.available()
+        else:
+            import cupy
+
+            ok = cupy.cuda.runtime.getDeviceCount() > 0
+            why = "no CUDA device visible"
+    except Exception as exc:  # a missing or broken install
+        ok, why = False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        raise _dispatch.BackendError(f"backend {name!r} is not usable here: {why}")

@@ -1,0 +1,132 @@
+"""kernels_cu/attention.cu proved on the CPU: backend="simt" runs the CUDA C source, unmodified,
+on the emulation harness (every CUDA thread a fiber, AddressSanitizer on, dynamic shared memory
+an exactly-sized heap block, seeded thread order).  Same oracle and bound as
+tests/test_attention.py; sizes are small but cross several query and key tiles, every head-dim
+bucket and every dtype."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cusoft._attention import attention
+from cusoft._attention_launch import TILES, launch_config
+
+from test_attention import FLOOR, SHAPES, check, err, make
+
+
+def _simt_reason():
+    try:
+        from cusoft import simt
+    except ImportError as exc:
+        return f"cusoft.simt is not importable: {exc}"
+    ok, why = simt.available()
+    return None if ok else why
+
+
+_reason = _simt_reason()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"simt harness: {_reason}")
+
+DTYPES = (np.float16, np.float32, np.float64)
+
+
+def _run(q, k, v, **kw):
+    return check(q, k, v, backend="simt", **kw)
+
+
+# (q, k, v) shapes, one per head-dim bucket; Lq/Lk cross more than one BM/BN tile for the
+# small buckets, and none is a multiple of a tile
+BUCKET_CASES = [
+    ((1, 2, 70, 19), (1, 1, 75, 19), (1, 1, 75, 13)),   # bucket 32, GQA, Dv != D
+    ((2, 1, 37, 40), (2, 1, 33, 40), (2, 1, 33, 40)),   # bucket 64, Lq > Lk
+    ((1, 2, 20, 65), (1, 2, 45, 65), (1, 2, 45, 65)),   # bucket 128, Lq < Lk
+    ((1, 1, 18, 200), (1, 1, 35, 200), (1, 1, 35, 256)),  # bucket 256, Dv = 256
+]
+
+
+@pytest.mark.parametrize("shapes", BUCKET_CASES, ids=["d19", "d40", "d65", "d200"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_buckets_causal_mask_bias(shapes, dtype):
+    rng = np.random.default_rng(20)
+    q, k, v = make(*shapes, dtype, rng)
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    mask = rng.random((Lq, Lk)) > 0.25
+    bias = rng.standard_normal((q.shape[-3], 1, Lk))
+    _run(q, k, v, causal=True, mask=mask, bias=bias)
+    _run(q, k, v)
+
+
+@pytest.mark.parametrize("shapes", SHAPES, ids=lambda s: "x".join(map(str, s[0])))
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_shape_matrix(shapes, causal, dtype):
+    """The CPU suite's shapes: batch broadcasting, MQA, D = 1, D = 256, Lq != Lk."""
+    rng = np.random.default_rng(1)
+    _run(*make(*shapes, dtype, rng), causal=causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_broadcast_masks_and_biases(dtype):
+    """Each kind of broadcast axis reaches the kernel as a stride (0 when broadcast)."""
+    rng = np.random.default_rng(21)
+    q, k, v = make((2, 4, 11, 8), (2, 2, 13, 8), (2, 2, 13, 8), dtype, rng)
+    for shape in [(13,), (11, 1), (4, 1, 13), (2, 1, 1, 13), (2, 4, 11, 13), (1, 4, 1, 1)]:
+        _run(q, k, v, mask=rng.random(shape) > 0.3, bias=rng.standard_normal(shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fully_masked_and_extreme(dtype):
+    rng = np.random.default_rng(22)
+    q, k, v = make((1, 2, 9, 16), (1, 2, 70, 16), (1, 2, 70, 16), np.float64, rng)
+    mask = rng.random((2, 9, 70)) > 0.5
+    mask[0, 3] = False
+    mask[1] = False
+    out, lse = _run(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask)
+    assert (out[0, 0, 3] == 0).all() and lse[0, 0, 3] == -np.inf
+    assert (out[0, 1] == 0).all() and (lse[0, 1] == -np.inf).all()
+    # logits of +-1e4 before scaling
+    qn = q / np.linalg.norm(q, axis=-1, keepdims=True) * 100
+    kn = k / np.linalg.norm(k, axis=-1, keepdims=True) * 100
+    _run(qn.astype(dtype), kn.astype(dtype), v.astype(dtype), causal=True)
+    # Lq > Lk, causal: the first queries see no key
+    q2, k2, v2 = make((1, 1, 70, 8), (1, 1, 5, 8), (1, 1, 5, 8), dtype, rng)
+    out2, lse2 = _run(q2, k2, v2, causal=True)
+    assert (out2[0, 0, :65] == 0).all() and (lse2[0, 0, :65] == -np.inf).all()
+
+
+def test_matches_cpu_path_and_merges():
+    rng = np.random.default_rng(23)
+    q, k, v = make((3, 2, 10, 24), (3, 1, 40, 24), (3, 1, 40, 24), np.float32, rng)
+    a, la = attention(q, k, v, causal=True, return_lse=True)
+    b, lb = attention(q, k, v, causal=True, return_lse=True, backend="simt")
+    assert err(b, a) <= 4 * FLOOR[np.dtype(np.float32)]
+    assert err(lb, la) <= 4 * FLOOR[np.dtype(np.float32)]
+    out = np.empty_like(a)
+    assert attention(q, k, v, causal=True, out=out, backend="simt") is out
+    np.testing.assert_array_equal(out, b)
+    from cusoft._attention import merge_attention
+
+    p1 = attention(q, k[..., :17, :], v[..., :17, :], return_lse=True, backend="simt")
+    p2 = attention(q, k[..., 17:, :], v[..., 17:, :], return_lse=True, backend="simt")
+    full = attention(q, k, v, return_lse=True, backend="simt")
+    mo, ml = merge_attention(p1, p2)
+    assert err(mo, full[0]) <= 4 * FLOOR[np.dtype(np.float32)]
+    assert err(ml, full[1]) <= 4 * FLOOR[np.dtype(np.float32)]
+
+
+def test_naive_method_on_simt():
+    rng = np.random.default_rng(24)
+    q, k, v = make((1, 2, 5, 8), (1, 2, 7, 8), (1, 2, 7, 8), np.float64, rng)
+    _run(q, k, v, method="naive", causal=True)
+
+
+def test_launch_config_is_consistent():
+    for dt, acc in ((np.float16, 4), (np.float32, 4), (np.float64, 8)):
+        for D in (1, 31, 32, 33, 64, 100, 128, 129, 256):
+            cfg = launch_config(dt, 2, 3, 100, D, D)
+            assert cfg.bucket >= D and (acc, cfg.bucket) in TILES
+            bm, bn = cfg.bm, cfg.bn
+            assert cfg.shared_mem == acc * (bm * cfg.bucket + bn * (cfg.bucket + 1)
+                                            + bm * (bn + 1) + bm)
+            assert cfg.shared_mem <= 163 * 1024  # sm_80's opt-in limit
+            assert cfg.grid == (6, -(-100 // bm), 1) and cfg.block == (128, 1, 1)
