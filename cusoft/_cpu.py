@@ -23,6 +23,9 @@ from ._backend import Backend
 #: bytes of compute-dtype data per block: fits a 512 KiB..2 MiB L2 with its temporaries
 _BLOCK_BYTES = 1024 * 1024
 _MIN_PARALLEL_BYTES = 1 << 20
+#: one long row is cut into chunks of this many elements, handed out _SPLIT_ROWS at a time
+_SPLIT = 1 << 14
+_SPLIT_ROWS = 16
 
 _pool = None
 
@@ -124,48 +127,39 @@ class CpuBackend(Backend):
         return [slice(j, min(j + per, n)) for j in range(0, n, per)]
 
     def _softmax_split(self, x, out, log):
-        # One long row: per-chunk states, merged in order, then normalise chunk by chunk.
-        row = x[0, :, 0]
-        orow = out[0, :, 0]
+        # One long row, seen as (rows, _SPLIT) chunks plus a tail: per-chunk (m, s) in
+        # parallel, merged with the online rule, then a parallel normalisation pass.
+        row = x.reshape(-1)
+        orow = out.reshape(-1)
         cdt = _compute_dtype(x.dtype)
-        chunks = self._chunks(row.shape[0], np.dtype(cdt).itemsize)
-
-        def state(sl):
-            return nm.partial_block(row[sl].astype(cdt, copy=False).reshape(1, -1, 1))
-
-        states = _map(state, chunks, x.nbytes)
-        m, c, r = states[0]
-        for s in states[1:]:
-            m, c, r = nm.merge_state(m, c, r, *s)
-        m = float(m[0, 0])
-        tot = float(c[0, 0] + r[0, 0])
-        with np.errstate(**nm._ERR):
-            if log:
-                if not np.isfinite(m):
-                    # rare: hand the whole row to the block rule (same as SciPy's)
-                    tmp = row.astype(cdt).reshape(1, -1, 1)
-                    nm.softmax_block(tmp, tmp, True)
-                    orow[...] = tmp[0, :, 0]
-                    return out
-                shift = cdt.type(m + np.log(tot))
-            else:
-                bad = not np.isfinite(m)
-                inv = cdt.type(1.0 / tot)
-
-            def norm(sl):
-                with np.errstate(**nm._ERR):
-                    t = row[sl].astype(cdt)
-                    if log:
-                        np.subtract(t, shift, out=t)
-                    elif bad:
-                        t[...] = np.nan
-                    else:
-                        np.subtract(t, cdt.type(m), out=t)
-                        np.exp(t, out=t)
-                        np.multiply(t, inv, out=t)
-                    orow[sl] = t
-
-            _map(norm, chunks, x.nbytes)
+        if cdt != x.dtype:
+            tmp = row.astype(cdt)
+            self._softmax_split(tmp.reshape(1, -1, 1), tmp.reshape(1, -1, 1), log)
+            with np.errstate(over="ignore"):
+                orow[...] = tmp
+            return out
+        N = row.shape[0]
+        L = _SPLIT
+        R = N // L
+        pieces = [(row[:R * L].reshape(R, L), orow[:R * L].reshape(R, L))] if R else []
+        if N > R * L:
+            pieces.append((row[R * L:].reshape(1, -1), orow[R * L:].reshape(1, -1)))
+        work = [(xi[a:a + _SPLIT_ROWS], oi[a:a + _SPLIT_ROWS])
+                for xi, oi in pieces for a in range(0, xi.shape[0], _SPLIT_ROWS)]
+        with np.errstate(invalid="ignore"):
+            ms = _map(lambda w: w[0].max(axis=1), work, x.nbytes)
+        mall = np.concatenate(ms)
+        if not np.isfinite(mall).all():
+            # rare: hand the whole row to the NumPy rules (same results as SciPy's)
+            tmp = row.reshape(1, -1, 1)
+            nm.softmax_block(tmp, out.reshape(1, -1, 1), log)
+            return out
+        ss = _map(lambda wm: _cpu_kernels.exp_sum_rows(wm[0][0], wm[1]),
+                  list(zip(work, ms)), x.nbytes)
+        sall = np.concatenate(ss)
+        M = mall.max()
+        S = float(np.sum(sall * np.exp(mall.astype(np.float64) - M)))
+        _map(lambda w: _cpu_kernels.normalize_rows(w[0], M, S, w[1], log), work, x.nbytes)
         return out
 
     def _states(self, x, b):

@@ -92,22 +92,71 @@ def _make(dtype):
                 for j in range(n):
                     out[i, j] = out[i, j] * inv
 
-    for fn in (exp_shifted, row_sum, softmax_rows):
+    def exp_sum_rows(x, m, s):
+        # s[i] = sum_j exp(x[i, j] - m[i]) (the state of a chunk of one long row)
+        R, n = x.shape
+        kbits = np.empty(_CHUNK, itype)
+        tmp = np.empty(_CHUNK, ftype)
+        for i in range(R):
+            acc = 0.0
+            for a in range(0, n, _CHUNK):
+                b = min(a + _CHUNK, n)
+                exp_shifted(x[i, a:b], m[i], tmp[:b - a], kbits[:b - a])
+                acc += fsum(tmp[:b - a])
+            s[i] = acc
+
+    def normalize_rows(x, M, S, out, log):
+        # every row shares the global (M, S): out = exp(x - M) / S or (x - M) - log S
+        R, n = x.shape
+        kbits = np.empty(_CHUNK, itype)
+        shift = ftype(math.log(S))
+        inv = ftype(1.0 / S)
+        for i in range(R):
+            for a in range(0, n, _CHUNK):
+                b = min(a + _CHUNK, n)
+                if log:
+                    for j in range(a, b):
+                        out[i, j] = (x[i, j] - M) - shift
+                else:
+                    o = out[i, a:b]
+                    exp_shifted(x[i, a:b], M, o, kbits[:b - a])
+                    for j in range(b - a):
+                        o[j] = o[j] * inv
+
+    for fn in (exp_shifted, row_sum, softmax_rows, exp_sum_rows, normalize_rows):
         fn.__qualname__ = f"{fn.__name__}_{suffix}"
         fn.__name__ = fn.__qualname__
-    exp_shifted = njit(nogil=True, cache=True)(exp_shifted)
+    jit = njit(nogil=True, cache=True)
+    exp_shifted = jit(exp_shifted)
     fsum = njit(nogil=True, cache=True, fastmath={"reassoc"})(row_sum)
-    softmax_rows = njit(nogil=True, cache=True)(softmax_rows)
-    return softmax_rows
+    return dict(softmax_rows=jit(softmax_rows), exp_sum_rows=jit(exp_sum_rows),
+                normalize_rows=jit(normalize_rows))
 
 
 _kernels = {}
 
 
+def _get(dtype, name):
+    dt = np.dtype(dtype)
+    ks = _kernels.get(dt)
+    if ks is None:
+        ks = _kernels[dt] = _make(dt)
+    return ks[name]
+
+
 def softmax_rows(x, m, out, log):
     """Fused softmax/log_softmax of the rows of 2-D ``x`` (float32/64) with finite maxima m."""
-    dt = np.dtype(x.dtype)
-    fn = _kernels.get(dt)
-    if fn is None:
-        fn = _kernels[dt] = _make(dt)
-    fn(x, m, out, log)
+    _get(x.dtype, "softmax_rows")(x, m, out, log)
+
+
+def exp_sum_rows(x, m):
+    """Per-row sum(exp(x - m)) in float64, for rows with finite maxima m."""
+    s = np.empty(x.shape[0], np.float64)
+    _get(x.dtype, "exp_sum_rows")(x, m, s)
+    return s
+
+
+def normalize_rows(x, M, S, out, log):
+    """out = exp(x - M) / S (or (x - M) - log S) with one global finite M and S >= 1."""
+    ft = np.dtype(x.dtype).type
+    _get(x.dtype, "normalize_rows")(x, ft(M), float(S), out, log)
