@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command, for a lent H100/H200 machine (CuPy, numba-cuda and
+# PyTorch installed, no network):  bash bench/gpu_check.sh [OUTDIR]   (default bench/results)
+#
+#   1. installs the working tree without dependencies (falls back to PYTHONPATH)
+#   2. python -m cusoft info --kernels, python -m cusoft check (every backend usable there)
+#   3. pytest -m gpu (the GPU half of the suite)
+#   4. every kernel family once under compute-sanitizer memcheck and racecheck
+#   5. the benchmarks, then <device>-<date>.json and .png in OUTDIR
+# Each step has its own time limit so the whole stays inside 10 minutes; a failing step is
+# reported in the summary and the exit status, and the later steps still run.
+set -u
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-bench/results}
+mkdir -p "$OUTDIR"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+if ! $PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1; then
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+dev=$($PY -c "import cupy; p = cupy.cuda.runtime.getDeviceProperties(0); print(p['name'].decode().replace(' ', '_'))" 2>/dev/null || echo unknown-gpu)
+stamp=$(date +%F)
+base="$OUTDIR/$dev-$stamp"
+status=()
+step() {  # step NAME SECONDS CMD...
+    local name=$1 secs=$2; shift 2
+    echo; echo "=== $name"
+    timeout "$secs" "$@" 2>&1 | tee "$base-$name.log"
+    local rc=${PIPESTATUS[0]}
+    status+=("$name=$rc")
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
+step info 90 $PY -m cusoft info --kernels
+step check 150 $PY -m cusoft check
+step pytest-gpu 180 $PY -m pytest -m gpu -q -rs -p no:cacheprovider
+if command -v compute-sanitizer >/dev/null; then
+    step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 $PY bench/sanitize_kernels.py
+    step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 $PY bench/sanitize_kernels.py --small
+else
+    status+=("sanitizer=missing")
+fi
+step bench-softmax 150 $PY bench/bench_softmax.py --out "$OUTDIR"
+if [ -f bench/bench_attention.py ]; then
+    step bench-attention 120 $PY bench/bench_attention.py --out "$OUTDIR"
+fi
+$PY bench/report.py "$OUTDIR" "$base" "${status[@]}"
+echo; echo "summary: ${status[*]}"
+for s in "${status[@]}"; do
+    case "$s" in *=0) ;; *) exit 1 ;; esac
+done
