@@ -193,9 +193,9 @@ def _merge(st, axis, keepdims=True):
         nan = xp.isnan(big)
         c = xp.where(nan, np.nan, c).astype(m.dtype, copy=False)
         r = xp.where(nan, np.nan, r).astype(m.dtype, copy=False)
-    out = {"m": big, "c": c, "r": r}
-    if "d" in st:
-        out["d"] = xp.sum(st["d"], axis=axis, keepdims=True)
+        out = {"m": big, "c": c, "r": r}
+        if "d" in st:
+            out["d"] = xp.sum(st["d"], axis=axis, keepdims=True)
     if not keepdims:
         out = {k: a.squeeze(axis=axis) for k, a in out.items()}
     return out
@@ -219,9 +219,10 @@ def _lse_from_state(st, return_sign, dtype):
     return out.astype(dtype, copy=False), sgn.astype(dtype, copy=False)
 
 
-def _agg_lse(st, axis, keepdims, return_sign, dtype):
+def _agg_lse(st, axis, keepdims, return_sign, out_dtype):
+    # not called ``dtype``: da.reduction would pass its own (the state dtype) into it
     st = _merge(st, axis, keepdims)
-    out, sgn = _lse_from_state(st, return_sign, dtype)
+    out, sgn = _lse_from_state(st, return_sign, out_dtype)
     return {"out": out, "sgn": sgn}
 
 
@@ -381,7 +382,7 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
 def _agg(return_sign, dtype):
     import functools
 
-    return functools.partial(_agg_lse, return_sign=return_sign, dtype=dtype)
+    return functools.partial(_agg_lse, return_sign=return_sign, out_dtype=dtype)
 
 
 def _lse_one_chunk(a, b, axes, keepdims, return_sign, dt):
