@@ -81,6 +81,25 @@ def kernel_source():
 
 NVRTC_OPTIONS = ("-std=c++17",)
 
+
+@functools.lru_cache(None)
+def fp16_include_options():
+    """``-I`` for a directory holding ``cuda_fp16.h`` (NVRTC has no default search path):
+    CuPy's CUDA root, then ``$CUDA_PATH``/``$CUDA_HOME``, then ``/usr/local/cuda``; empty when
+    none has it (CuPy may still find it through its own include list)."""
+    roots = []
+    try:
+        import cupy._environment as env
+
+        roots.append(env.get_cuda_path())
+    except Exception:  # CuPy absent or without a CUDA root: try the usual places
+        pass
+    roots += [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
+    for root in roots:
+        if root and os.path.exists(os.path.join(root, "include", "cuda_fp16.h")):
+            return ("-I" + os.path.join(root, "include"),)
+    return ()
+
 _lock = threading.Lock()
 _cupy_modules = {}
 
@@ -93,7 +112,8 @@ def cupy_module():
     with _lock:
         mod = _cupy_modules.get(dev)
         if mod is None:
-            mod = cupy.RawModule(code=kernel_source(), options=NVRTC_OPTIONS,
+            mod = cupy.RawModule(code=kernel_source(),
+                                 options=NVRTC_OPTIONS + fp16_include_options(),
                                  name_expressions=all_kernel_names())
             _cupy_modules[dev] = mod
     return mod

@@ -28,7 +28,9 @@
 // Shared memory (A = accumulation type): Q [BM][DB], K or V [BN][DB + 1] (one buffer, reused:
 // V is loaded after the logits of the tile are computed), P [BM][BN + 1], alpha [BM].  The +1
 // pads keep the column-wise reads (K rows by lanes, P rows by the row threads) free of bank
-// conflicts.  Threads: 128 (kThreads), a compile-time constant the launcher repeats.
+// conflicts.  Threads: 128 (kThreads), a compile-time constant the launcher repeats;
+// __launch_bounds__(128, 1) lets ptxas use up to 255 registers (without the 1 it capped the
+// D = 256 float variant at 128 and spilled on sm_80).
 //
 // Compiles under NVRTC (CuPy RawModule, cuda_fp16.h only under __CUDACC__) and under a host
 // C++ compiler with cusoft/simt/simt.h force-included.
@@ -88,7 +90,7 @@ template <typename A> ATTN_DEV A amax(A a, A b) { return a > b ? a : b; }
 // mask/bias: element (b, h, i, j) at b*s0 + h*s1 + i*s2 + j*s3, read when has_mask/has_bias.
 // Grid: x = b * Hq + h, y = query tile.  Block: kThreads.
 template <typename T, int DB, int BM, int BN>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(128, 1)
 attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
               const unsigned char* __restrict__ mask, const T* __restrict__ bias,
               T* __restrict__ out, typename attn::AccOf<T>::type* __restrict__ lse,
