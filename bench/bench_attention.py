@@ -1,0 +1,233 @@
+"""Benchmark of cusoft.attention: TFLOP/s and peak memory, tiled vs the materialised path.
+
+On a GPU (CuPy): B=4, H=16, L = 1k..16k, D = 64/128, float16/float32, causal and not, against
+``torch.nn.functional.scaled_dot_product_attention`` when PyTorch with CUDA is importable, and
+peak device memory against ``method="naive"`` (which materialises B*H*L*L logits and hits the
+memory wall first).  On a machine without a GPU it runs a small size on NumPy, tiled vs naive,
+with peak host memory from tracemalloc.
+
+Work counted: 4*B*H*Lq*Lk*D FLOP (QKᵀ and PV), halved when causal.  Memory moved by the tiled
+kernel: Q, O once, K and V once per query tile; the naive path also writes and reads the
+B*H*Lq*Lk logits (several times: scores, softmax, PV).
+
+Every configuration is validated (against PyTorch or a float64 reference on a slice) before it
+is timed.  Results are printed as a table and written as JSON to bench/results/.
+
+    python bench/bench_attention.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from cusoft._attention import attention  # noqa: E402
+
+
+def flops(B, H, Lq, Lk, D, causal):
+    f = 4.0 * B * H * Lq * Lk * D
+    return f / 2 if causal else f
+
+
+def reference64(q, k, v, causal):
+    """Float64 materialised attention of host arrays (one (batch, head) slice is enough)."""
+    import scipy.special
+
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if causal:
+        Lq, Lk = s.shape[-2:]
+        s = np.where(np.arange(Lk)[None] <= np.arange(Lq)[:, None] + Lk - Lq, s, -np.inf)
+    return scipy.special.softmax(s, axis=-1) @ v
+
+
+def _max_rel(got, ref):
+    got = np.asarray(got, np.float64)
+    return float((np.abs(got - ref) / np.maximum(1, np.abs(ref))).max())
+
+
+# -- GPU ------------------------------------------------------------------------------------
+
+def _gpu_available():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _torch_cuda():
+    try:
+        import torch
+
+        return torch if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+def _time_gpu(fn, reps):
+    import cupy
+
+    fn()
+    cupy.cuda.Device().synchronize()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 1e3 / reps
+
+
+def _peak_gpu(fn):
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    base = pool.total_bytes()
+    try:
+        fn()
+        cupy.cuda.Device().synchronize()
+    except cupy.cuda.memory.OutOfMemoryError:
+        pool.free_all_blocks()
+        return None
+    peak = pool.total_bytes() - base
+    pool.free_all_blocks()
+    return peak
+
+
+def bench_gpu(quick):
+    import cupy
+
+    torch = _torch_cuda()
+    rows = []
+    lengths = (1024, 4096) if quick else (1024, 2048, 4096, 8192, 16384)
+    B, H = 4, 16
+    for dt in (np.float16, np.float32):
+        for D in (64, 128):
+            for causal in (False, True):
+                for L in lengths:
+                    rng = cupy.random.default_rng(0)
+                    q, k, v = (rng.standard_normal((B, H, L, D), dtype=np.float32).astype(dt)
+                               for _ in range(3))
+                    run = lambda: attention(q, k, v, causal=causal)  # noqa: E731
+                    out = run()
+                    # validate on the first (batch, head) and up to 512 queries
+                    n = min(L, 512)
+                    ref = reference64(q[0, 0, -n:].get(), k[0, 0].get(), v[0, 0].get(), causal)
+                    err = _max_rel(out[0, 0, -n:].get(), ref)
+                    tol = 5e-3 if dt == np.float16 else 1e-4
+                    assert err <= tol, f"validation failed: {dt.__name__} D={D} L={L}: {err}"
+                    reps = 3 if L >= 8192 else 10
+                    t = _time_gpu(run, reps)
+                    row = dict(dtype=np.dtype(dt).name, B=B, H=H, L=L, D=D, causal=causal,
+                               ms=t * 1e3, tflops=flops(B, H, L, L, D, causal) / t / 1e12,
+                               max_rel_err=err, peak_bytes=_peak_gpu(run))
+                    naive_bytes = B * H * L * L * (4 if dt == np.float16 else np.dtype(dt).itemsize)
+                    if naive_bytes * 3 < cupy.cuda.Device().mem_info[0]:
+                        row["naive_peak_bytes"] = _peak_gpu(
+                            lambda: attention(q, k, v, causal=causal, method="naive"))
+                        row["naive_ms"] = _time_gpu(
+                            lambda: attention(q, k, v, causal=causal, method="naive"), 2) * 1e3
+                    else:
+                        row["naive_peak_bytes"] = None  # would not fit: the memory wall
+                    if torch is not None:
+                        tq, tk, tv = (torch.as_tensor(x, device="cuda") for x in (q, k, v))
+                        sdpa = torch.nn.functional.scaled_dot_product_attention
+                        ot = sdpa(tq, tk, tv, is_causal=causal)
+                        if L == k.shape[-2]:
+                            row["max_rel_err_vs_torch"] = _max_rel(
+                                out[0, 0].get(), ot[0, 0].float().cpu().numpy())
+                        t_t = _time_gpu(lambda: sdpa(tq, tk, tv, is_causal=causal), reps)
+                        row["torch_ms"] = t_t * 1e3
+                        row["torch_tflops"] = flops(B, H, L, L, D, causal) / t_t / 1e12
+                    rows.append(row)
+                    print(_fmt(row), flush=True)
+    return rows, cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+
+
+# -- CPU ------------------------------------------------------------------------------------
+
+def bench_cpu(quick):
+    import tracemalloc
+
+    rows = []
+    B, H = 1, 4
+    for dt in (np.float32, np.float64):
+        for L in ((512,) if quick else (512, 1024, 2048)):
+            D = 64
+            for causal in (False, True):
+                rng = np.random.default_rng(0)
+                q, k, v = (rng.standard_normal((B, H, L, D)).astype(dt) for _ in range(3))
+                out = attention(q, k, v, causal=causal)
+                err = _max_rel(out[0, 0], reference64(q[0, 0], k[0, 0], v[0, 0], causal))
+                assert err <= (1e-4 if dt == np.float32 else 1e-12), err
+                row = dict(dtype=np.dtype(dt).name, B=B, H=H, L=L, D=D, causal=causal,
+                           max_rel_err=err)
+                for method, key in ((None, ""), ("naive", "naive_")):
+                    fn = lambda: attention(q, k, v, causal=causal, method=method)  # noqa: E731
+                    fn()
+                    t = float("inf")
+                    for _ in range(3):
+                        t0 = time.perf_counter()
+                        fn()
+                        t = min(t, time.perf_counter() - t0)
+                    tracemalloc.start()
+                    fn()
+                    peak = tracemalloc.get_traced_memory()[1]
+                    tracemalloc.stop()
+                    row[key + "ms"] = t * 1e3
+                    row[key + "gflops"] = flops(B, H, L, L, D, causal) / t / 1e9
+                    row[key + "peak_bytes"] = peak
+                rows.append(row)
+                print(_fmt(row), flush=True)
+    return rows, platform.processor() or platform.machine()
+
+
+def _fmt(r):
+    mb = lambda b: "   -   " if b is None else f"{b / 2**20:7.1f}"  # noqa: E731
+    s = (f"{r['dtype']:8s} L={r['L']:6d} D={r['D']:4d} causal={int(r['causal'])} "
+         f"{r['ms']:9.3f} ms  ")
+    if "tflops" in r:
+        s += f"{r['tflops']:7.2f} TFLOP/s  peak {mb(r['peak_bytes'])} MiB  naive peak " \
+             f"{mb(r.get('naive_peak_bytes'))} MiB"
+        if "torch_tflops" in r:
+            s += f"  torch {r['torch_tflops']:7.2f} TFLOP/s"
+    else:
+        s += (f"{r['gflops']:7.2f} GFLOP/s  peak {mb(r['peak_bytes'])} MiB | naive "
+              f"{r['naive_ms']:9.3f} ms peak {mb(r['naive_peak_bytes'])} MiB")
+    return s + f"  err {r['max_rel_err']:.1e}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer sizes")
+    args = ap.parse_args()
+    if _gpu_available():
+        rows, device = bench_gpu(args.quick)
+        tag = "gpu"
+    else:
+        print("no CUDA GPU: timing the NumPy path (tiled vs naive) at small sizes")
+        rows, device = bench_cpu(args.quick)
+        tag = "cpu"
+    res = dict(benchmark="attention", device=device, platform=platform.platform(),
+               numpy=np.__version__, time=time.strftime("%Y-%m-%dT%H:%M:%S"), rows=rows)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    path = os.path.join(HERE, "results", f"attention_{tag}.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
