@@ -377,3 +377,83 @@ def test_dask_backend_is_refused_clearly():
     q, k, v = _qkv()
     with pytest.raises(BackendError, match="merge_attention"):
         attention(q, k, v, backend="dask")
+
+
+# -- on a GPU (CuPy RawKernel): skipped with the reason elsewhere -----------------------------
+
+def _torch_cuda():
+    try:
+        import torch
+
+        return torch if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shapes", SHAPES, ids=lambda s: "x".join(map(str, s[0])))
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_matches_reference(shapes, causal, dtype):
+    import cupy
+
+    rng = np.random.default_rng(30)
+    q, k, v = make(*shapes, dtype, rng)
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    mask = rng.random((Lq, Lk)) > 0.2
+    bias = rng.standard_normal((q.shape[-3], 1, Lk)).astype(dtype)
+    out, lse = attention(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), causal=causal,
+                         mask=cupy.asarray(mask), bias=cupy.asarray(bias), return_lse=True)
+    assert isinstance(out, cupy.ndarray) and isinstance(lse, cupy.ndarray)
+    ro, rl = reference(q, k, v, causal=causal, mask=mask, bias=bias)
+    lo, ll = reference(q, k, v, causal=causal, mask=mask, bias=bias, dtype=dtype)
+    dt = np.dtype(dtype)
+    assert err(out.get(), ro) <= FLOOR[dt] + 2 * err(lo, ro)
+    assert err(lse.get(), rl) <= FLOOR[dt] + 2 * err(ll, rl)
+    naive = attention(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), causal=causal,
+                      mask=cupy.asarray(mask), bias=cupy.asarray(bias), method="naive")
+    assert err(naive.get(), ro) <= FLOOR[dt] + 2 * err(lo, ro)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("D", [64, 128])
+def test_gpu_vs_torch_sdpa(dtype, D):
+    import cupy
+
+    torch = _torch_cuda()
+    rng = np.random.default_rng(31)
+    q, k, v = make((2, 8, 300, D), (2, 2, 500, D), (2, 2, 500, D), dtype, rng)
+    for causal in (False, True):
+        out = attention(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), causal=causal).get()
+        ro, _ = reference(q, k, v, causal=causal)
+        if torch is None:
+            lo, _ = reference(q, k, v, causal=causal, dtype=dtype)
+            assert err(out, ro) <= FLOOR[np.dtype(dtype)] + 2 * err(lo, ro)
+            continue
+        tq, tk, tv = (torch.as_tensor(x, device="cuda") for x in (q, k, v))
+        # torch's causal mask is top-left aligned; pass cusoft's bottom-right one explicitly
+        keep = torch.as_tensor(np.arange(500)[None] <= np.arange(300)[:, None] + 200,
+                               device="cuda") if causal else None
+        ot = torch.nn.functional.scaled_dot_product_attention(
+            tq, tk, tv, attn_mask=keep, enable_gqa=True).float().cpu().numpy()
+        assert err(out, ro) <= FLOOR[np.dtype(dtype)] + 2 * err(ot, ro)
+
+
+@pytest.mark.gpu
+def test_gpu_broadcast_bias_is_not_copied_per_head():
+    import cupy
+
+    rng = np.random.default_rng(32)
+    q, k, v = make((2, 16, 64, 64), (2, 16, 80, 64), (2, 16, 80, 64), np.float32, rng)
+    bias = rng.standard_normal((1, 1, 64, 80)).astype(np.float32)
+    gq, gk, gv, gb = (cupy.asarray(x) for x in (q, k, v, bias))
+    pool = cupy.get_default_memory_pool()
+    attention(gq, gk, gv, bias=gb)
+    cupy.cuda.Device().synchronize()
+    before = pool.used_bytes()
+    out = attention(gq, gk, gv, bias=gb)
+    cupy.cuda.Device().synchronize()
+    # the result and an lse, nothing of size B*H*Lq*Lk
+    assert pool.used_bytes() - before <= out.nbytes + 2 * 16 * 64 * 4 + 4096
+    check(q, k, v, bias=bias)
