@@ -1,0 +1,130 @@
+"""The RawKernel backend: runs the launch plans of ``cusoft/_launch.py`` on ``kernels_cu``.
+
+:class:`KernelBackend` is the generic part (plans -> launches, workspaces, the empty-row
+SciPy values); a subclass provides three things: how to get a kernel by name expression,
+how to allocate an array, and the device limits.  :class:`CupyBackend` does so with CuPy
+(``cupy.RawModule``, current stream, no host synchronisation); ``cusoft/simt/backend.py``
+does so with the CPU emulator, so the emulated launch is the one the GPU gets.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from cusoft import _launch
+from cusoft._backend import Backend
+
+
+class KernelBackend(Backend):
+    """Backend running ``kernels_cu`` kernels through a RawModule-like object.
+
+    Keyword arguments (``variant``, ``threads``, ``chunk_len``) are passed to the launch
+    planner; tests use them to force every variant at small sizes.
+    """
+
+    name = "kernels"
+
+    def __init__(self, **launch_options):
+        unknown = set(launch_options) - {"variant", "threads", "chunk_len"}
+        if unknown:
+            raise TypeError(f"unknown launch options {sorted(unknown)}; use variant=, threads=, "
+                            "chunk_len=")
+        self.launch_options = launch_options
+        #: the Plan of the most recent call (tests read .variant from it)
+        self.last_plan = None
+
+    # -- what a subclass provides --------------------------------------------------------
+    def _function(self, name_expression):
+        """A callable ``f(grid, block, args, shared_mem=n)``."""
+        raise NotImplementedError
+
+    def _empty(self, like, count, dtype):
+        raise NotImplementedError
+
+    def _limits(self):
+        return _launch.DeviceLimits()
+
+    # -- the generic part ----------------------------------------------------------------
+    def _run(self, plan, named, like):
+        self.last_plan = plan
+        for ws, (count, dtype) in plan.workspace.items():
+            named[ws] = self._empty(like, max(int(count), 1), dtype)
+        for la in plan.launches:
+            args = tuple(named[a] if isinstance(a, str) else a for a in la.args)
+            self._function(la.kernel)(la.grid, la.block, args, shared_mem=la.shared)
+
+    def softmax(self, x, out, log):
+        outer, n, inner = x.shape
+        plan = _launch.launch_softmax(outer, n, inner, x.dtype, log, self._limits(),
+                                      **self.launch_options)
+        self._run(plan, {"x": x, "y": out}, x)
+
+    def logsumexp(self, x, b, out, sign):
+        outer, n, inner = x.shape
+        if n == 0:
+            # SciPy: an empty sum gives -inf and sign(-inf) = -1
+            out[...] = -numpy.inf
+            if sign is not None:
+                sign[...] = -1
+            return
+        plan = _launch.launch_logsumexp(outer, n, inner, x.dtype, self._limits(),
+                                        **self.launch_options)
+        named = {"x": x, "b": x if b is None else b, "has_b": numpy.int32(b is not None),
+                 "out": out, "sign": out if sign is None else sign,
+                 "has_sign": numpy.int32(sign is not None)}
+        self._run(plan, named, x)
+
+    def partial(self, x, b, m, c, r):
+        outer, n, inner = x.shape
+        if n == 0:
+            m[...] = -numpy.inf
+            c[...] = 0
+            r[...] = 0
+            return
+        plan = _launch.launch_partial(outer, n, inner, x.dtype, self._limits(),
+                                      **self.launch_options)
+        named = {"x": x, "b": x if b is None else b, "has_b": numpy.int32(b is not None),
+                 "m": m, "c": c, "r": r}
+        self._run(plan, named, x)
+
+
+class CupyBackend(KernelBackend):
+    """cusoft on CuPy arrays with the CUDA C kernels of ``kernels_cu`` (NVRTC via CuPy).
+
+    Kernels launch on CuPy's current stream; nothing synchronises the host.  The module is
+    compiled on first use per device (see :func:`cusoft._cupy.precompile`).
+    """
+
+    name = "cupy"
+
+    def available(self):
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                return False, "no CUDA device visible to CuPy"
+        except Exception as exc:  # ImportError, CUDARuntimeError, driver missing
+            return False, f"CuPy cannot use a GPU here: {type(exc).__name__}: {exc}"
+        return True, ""
+
+    def _function(self, name_expression):
+        from cusoft._cupy._module import get_function
+
+        return get_function(name_expression)
+
+    def _empty(self, like, count, dtype):
+        import cupy
+
+        return cupy.empty(count, dtype=dtype)
+
+    def _limits(self):
+        import cupy
+
+        dev = cupy.cuda.Device().id
+        lim = _LIMITS.get(dev)
+        if lim is None:
+            lim = _LIMITS[dev] = _launch.DeviceLimits.from_cupy(dev)
+        return lim
+
+
+_LIMITS = {}
