@@ -93,6 +93,9 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     causal = _check_flag("causal", causal)
     return_lse = _check_flag("return_lse", return_lse)
     full = batch + (Hq, Lq, Lk)
+    if name == "numba":
+        return _attention_numba(q, qa, ka, va, mask, bias, out, batch, (Hq, Hkv, Lq, Lk, D, Dv),
+                                dt, scale, causal, return_lse, method)
     xp = _xp(kind)
     maskc = _operand(fname, "mask", mask, kind, full, xp, None)
     biasc = _operand(fname, "bias", bias, kind, full, xp, dt)
@@ -375,14 +378,6 @@ def _kernel_path(getter_name):
 def _backend_fn(name, method):
     """The function computing canonical attention for backend ``name``; availability is
     checked here, before any work."""
-    if name == "numba":
-        try:
-            from ._numba import attention as nb_attention
-        except ImportError as exc:
-            raise _dispatch.BackendError(
-                f"cusoft.attention: the numba backend has no attention kernel here ({exc}); "
-                f"use NumPy or CuPy arrays") from None
-        return nb_attention.run(method)
     if name != "cpu":
         _available(name)
     if method == "naive":
@@ -411,3 +406,60 @@ def _available(name):
         ok, why = False, f"{type(exc).__name__}: {exc}"
     if not ok:
         raise _dispatch.BackendError(f"backend {name!r} is not usable here: {why}")
+
+
+def _attention_numba(q, qa, ka, va, mask, bias, out, batch, dims, dt, scale, causal,
+                     return_lse, method):
+    """The Numba-CUDA twin (``cusoft/_numba/attention.py``) on ``__cuda_array_interface__``
+    arrays.  q, k, v that are not already C-contiguous with the full batch shape, and the
+    compact mask/bias, pass through the host once; ``method="naive"`` runs on the host."""
+    fname = "attention"
+    try:
+        from ._numba import arrays
+        from ._numba import attention as nba
+    except ImportError as exc:
+        raise _dispatch.BackendError(f"backend 'numba' is not usable here: {exc}") from None
+    Hq, Hkv, Lq, Lk, D, Dv = dims
+    full = batch + (Hq, Lq, Lk)
+    host = lambda a: None if a is None else arrays.to_host(val.to_kind(a, "cuda")) \
+        if _dispatch.array_kind(a) != "host" else np.asarray(a)  # noqa: E731
+    maskc = _operand(fname, "mask", host(mask), "host", full, np, None)
+    biasc = _operand(fname, "bias", host(bias), "host", full, np, dt)
+    oshape = batch + (Hq, Lq, Dv)
+    val.check_out(fname, out, oshape, dt, _dispatch.array_kind(q))
+    B = math.prod(batch)
+    adt = acc_dtype(dt)
+    if method == "naive" or Lk == 0 or B * Hq * Lq == 0:
+        h = [_canon(np, arrays.to_host(a), batch, B) for a in (qa, ka, va)]
+        o4 = np.empty((B, Hq, Lq, Dv), dt)
+        lse3 = np.empty((B, Hq, Lq), adt)
+        if Lk == 0:
+            o4[...] = 0
+            lse3[...] = -np.inf
+        elif o4.size:
+            _array_path(attention_naive)(np, *h, maskc, biasc, o4, lse3, scale, causal)
+        o4, lse3 = arrays.asarray(o4), arrays.asarray(lse3)
+    else:
+        def canon(a):
+            flags = getattr(a, "flags", None)
+            if tuple(a.shape[:-3]) == batch and flags is not None and flags["C_CONTIGUOUS"]:
+                return a.reshape((B,) + tuple(a.shape[-3:]))
+            return arrays.asarray(_canon(np, arrays.to_host(a), batch, B))
+
+        q4, k4, v4 = canon(qa), canon(ka), canon(va)
+        dev = lambda op: None if op is None else op._replace(  # noqa: E731
+            array=arrays.asarray(op.array))
+        o4 = arrays.empty_like_device(qa, (B, Hq, Lq, Dv), dt)
+        lse3 = arrays.empty_like_device(qa, (B, Hq, Lq), adt)
+        nba.launch(q4, k4, v4, dev(maskc), dev(biasc), o4, lse3, scale, causal,
+                   stream=arrays.stream_of(qa))
+    res = val.from_kind(o4.reshape(oshape), q)
+    if out is not None:
+        if isinstance(out, np.ndarray):
+            out[...] = arrays.to_host(res)
+        else:
+            arrays.as_device(out).copy_to_device(arrays.as_device(res))
+        res = out
+    if return_lse:
+        return res, val.from_kind(lse3.reshape(batch + (Hq, Lq)), q)
+    return res
