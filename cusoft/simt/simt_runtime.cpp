@@ -13,13 +13,16 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(CUSOFT_SIMT_ASAN)
+// set by the build: the kernels are instrumented even though this file is not
+#elif defined(__SANITIZE_ADDRESS__)
 #define CUSOFT_SIMT_ASAN 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
@@ -250,19 +253,22 @@ static void ensure_fibers(unsigned n) {
     size_t old = g_fibers.size();
     g_fibers.resize(n);
     for (size_t i = old; i < n; ++i) {
-        size_t total = g_stack_bytes + page;
+        size_t guard = 16 * page;
+        size_t total = g_stack_bytes + guard;
         void* mem = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (mem == MAP_FAILED) fail("cannot map a %zu-byte fiber stack: %s", total, strerror(errno));
-        mprotect(mem, page, PROT_NONE);  // guard page: a stack overflow faults instead of corrupting
-        g_fibers[i].stack_lo = static_cast<char*>(mem) + page;
+        mprotect(mem, guard, PROT_NONE);  // a stack overflow faults instead of corrupting
+        g_fibers[i].stack_lo = static_cast<char*>(mem) + guard;
         g_fibers[i].stack_size = g_stack_bytes;
     }
 }
 
 static void prepare_fiber(Fiber& f) {
 #ifdef CUSOFT_SIMT_ASAN
-    // Frames of the previous block's fiber leave poisoned redzones behind.
-    __asan_unpoison_memory_region(f.stack_lo, f.stack_size);
+    // Returning frames clean up their redzones; only the never-returning frames at the top
+    // (fiber_main and the switch into the next fiber) leave poison behind.
+    size_t dirty = f.stack_size < 8 * 1024 ? f.stack_size : 8 * 1024;
+    __asan_unpoison_memory_region(f.stack_lo + f.stack_size - dirty, dirty);
 #endif
 #ifdef CUSOFT_SIMT_UCONTEXT
     getcontext(&f.ctx);
