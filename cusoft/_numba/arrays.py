@@ -44,7 +44,12 @@ def as_device(a):
         # no sync: the kernels are launched on the stream the interface names (stream_of)
         return _cuda().as_cuda_array(a, sync=False)
     if isinstance(a, np.ndarray) and simulator_active():
-        return a
+        # the simulator's fake device array over the same memory: passing the NumPy array
+        # itself would copy it in and out around each launch, and two arguments on one
+        # buffer (out is x) would overwrite each other's results on the way back
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(a)
     raise TypeError(f"the numba backend needs a CUDA device array (__cuda_array_interface__), "
                     f"got {type(a).__name__}; move it to the GPU first or use backend='cpu'")
 
@@ -124,3 +129,67 @@ def like(y, like_arr):
     if isinstance(like_arr, np.ndarray):
         return to_host(y)
     return y
+
+
+# -- the NumPy-like subset the public functions use as ``xp`` for this kind ---------------
+# Allocation and views stay on the device.  The few element-wise helpers that would need a
+# kernel of their own (broadcast_to of a non-trivial shape, where, sign, exp, maximum) go
+# through the host: they only touch small reduced arrays or rare paths.
+
+def empty(shape, dtype=np.float64):
+    return device_scratch(tuple(np.atleast_1d(shape).tolist()) if not isinstance(shape, tuple)
+                          else shape, dtype)
+
+
+def empty_like(a, dtype=None):
+    return empty(tuple(a.shape), a.dtype if dtype is None else dtype)
+
+
+def zeros(shape, dtype=np.float64):
+    return asarray(np.zeros(shape, dtype))
+
+
+def full(shape, fill_value, dtype=None):
+    return asarray(np.full(shape, fill_value, dtype))
+
+
+def _is_c_contiguous(a):
+    if isinstance(a, np.ndarray):
+        return a.flags.c_contiguous
+    f = getattr(a, "is_c_contiguous", None)
+    return bool(f()) if callable(f) else bool(a.flags["C_CONTIGUOUS"])
+
+
+def ascontiguousarray(a):
+    d = as_device(a) if not isinstance(a, np.ndarray) else a
+    if _is_c_contiguous(d):
+        return d
+    return asarray(np.ascontiguousarray(to_host(d)))  # a strided view: copy via the host
+
+
+def transpose(a, axes=None):
+    return as_device(a).transpose(axes)
+
+
+def broadcast_to(a, shape):
+    d = as_device(a) if not isinstance(a, np.ndarray) else a
+    if tuple(d.shape) == tuple(shape):
+        return d
+    return asarray(np.ascontiguousarray(np.broadcast_to(to_host(d), shape)))
+
+
+def _host_op(f):
+    def op(*args, **kwargs):
+        dev = any(not isinstance(a, (np.ndarray, int, float, np.generic)) for a in args)
+        with np.errstate(all="ignore"):
+            res = f(*[a if isinstance(a, (int, float, np.generic)) else to_host(a)
+                      for a in args], **kwargs)
+        return asarray(res) if dev else res
+    op.__name__ = f.__name__
+    return op
+
+
+sign = _host_op(np.sign)
+exp = _host_op(np.exp)
+maximum = _host_op(np.maximum)
+where = _host_op(np.where)
