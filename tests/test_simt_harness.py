@@ -158,6 +158,41 @@ __global__ void offsets32(const int* base, int* out, int rows, int n) {
     out[threadIdx.x] = row * n + base[threadIdx.x];  // overflows int for large rows*n
 }
 
+__global__ void math_f(const float* x, float* y, int* flags, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = x[i];
+    float* o = y + 12 * i;
+    o[0] = expf(v);  o[1] = exp2f(v);  o[2] = logf(fabsf(v));  o[3] = log1pf(fabsf(v));
+    o[4] = sqrtf(fabsf(v));  o[5] = rsqrtf(fabsf(v));  o[6] = __expf(v);  o[7] = __logf(fabsf(v));
+    o[8] = __fdividef(v, 3.0f);  o[9] = fmaxf(v, 0.5f) + fminf(v, -0.5f);
+    o[10] = copysignf(2.0f, v) + copysign(1.0f, v);
+    o[11] = exp(v) + max(v, 1) + min(i, 3u);   // overloads: exp(float) is float, max/min mixed
+    flags[4 * i] = isnan(v) | (isinf(v) << 1) | (isfinite(v) << 2);
+    flags[4 * i + 1] = __float_as_int(__int_as_float(0x7f800000)) == __float_as_int(INFINITY);
+    flags[4 * i + 2] = isnan(NAN) && isinf(-INFINITY) && signbit(-0.0f);
+    flags[4 * i + 3] = sizeof(exp(v)) + 10 * sizeof(exp(1.0)) + 100 * sizeof(max(1, 2ll));
+}
+
+__global__ void math_d(const double* x, double* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double v = x[i];
+    double* o = y + 6 * i;
+    o[0] = exp(v);  o[1] = exp2(v);  o[2] = log(fabs(v));  o[3] = log1p(fabs(v));
+    o[4] = fmax(v, 0.5) + fmin(v, -0.5);  o[5] = sqrt(fabs(v));
+}
+
+__global__ void divergent_sync(float* out) {
+    if (threadIdx.x < 16) __syncwarp();   // waits for lanes 16..31, which wait at the barrier
+    else __syncthreads();
+    out[threadIdx.x] = 1.0f;
+}
+
+__global__ void spin_on_flag(volatile int* flag) {
+    while (flag[0] == 0) {}   // nobody sets it: blocks never run concurrently here
+}
+
 // -- planted bugs -------------------------------------------------------------------------------
 __global__ void scale_oob(const float* x, float* y, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -212,7 +247,7 @@ NAMES = [
     "shuffles<long long>", "shuffles<__half>", "segment_sum", "votes", "reverse_dyn", "read_stale",
     "atomics", "half_convert", "half_ops", "vector_io", "offsets64", "offsets32", "scale_oob",
     "warp_sum_bad_mask", "half_warp_reads_outside", "early_exit_barrier", "shuffle_after_exit",
-    "inplace_scale", "ptr_diff", "maybe_null", "say_hello",
+    "math_f", "math_d", "divergent_sync", "spin_on_flag", "inplace_scale", "ptr_diff", "maybe_null", "say_hello",
 ]
 
 
@@ -432,6 +467,38 @@ def test_int32_offset_overflow_is_reported(mod):
         k(mod, "offsets32")(1, 8, (base, out, np.int32(3_000_000), np.int32(5_000)))
 
 
+def test_math_functions(mod):
+    x = np.array([-3.5, -1, -0.25, 0, 0.3, 1, 2.5, 20, 88, np.inf, -np.inf, np.nan], np.float32)
+    n = len(x)
+    y = np.zeros(12 * n, np.float32)
+    flags = np.zeros(4 * n, np.int32)
+    k(mod, "math_f")(1, 32, (x, y, flags, np.int32(n)))
+    y = y.reshape(n, 12).astype(np.float64)
+    a = np.abs(x).astype(np.float64)
+    xd = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        want = [np.exp(xd), np.exp2(xd), np.log(a), np.log1p(a), np.sqrt(a), 1 / np.sqrt(a), np.exp(xd),
+                np.log(a), xd / 3, np.fmax(xd, 0.5) + np.fmin(xd, -0.5),
+                np.copysign(2, xd) + np.copysign(1, xd),
+                np.exp(xd) + np.fmax(xd, 1) + np.minimum(np.arange(n), 3)]
+        for j, w in enumerate(want):
+            w = w.astype(np.float32).astype(np.float64)
+            np.testing.assert_allclose(y[:, j], w, rtol=4e-7, atol=0, equal_nan=True, err_msg=f"column {j}")
+    f = flags.reshape(n, 4)
+    np.testing.assert_array_equal(f[:, 0], np.isnan(x) | (np.isinf(x) << 1) | (np.isfinite(x) << 2))
+    assert (f[:, 1] == 1).all() and (f[:, 2] == 1).all()
+    assert (f[:, 3] == 4 + 10 * 8 + 100 * 8).all()   # exp(float) is float, max(int, long long) is 64-bit
+
+    xd = np.array([-700.5, -1, 0, 0.1, 1, 3, 700, np.inf, np.nan])
+    yd = np.zeros(6 * len(xd))
+    k(mod, "math_d")(1, 32, (xd, yd, np.int32(len(xd))))
+    ad = np.abs(xd)
+    with np.errstate(all="ignore"):
+        want = np.stack([np.exp(xd), np.exp2(xd), np.log(ad), np.log1p(ad),
+                         np.fmax(xd, 0.5) + np.fmin(xd, -0.5), np.sqrt(ad)], 1)
+    np.testing.assert_allclose(yd.reshape(-1, 6), want, rtol=1e-15, equal_nan=True)
+
+
 # ---- the planted bugs --------------------------------------------------------------------------
 
 def test_out_of_bounds_write_raises_with_asan_report(mod):
@@ -480,6 +547,17 @@ def test_exit_before_barrier_is_reported(mod):
 def test_shuffle_with_an_exited_lane_is_reported(mod):
     with pytest.raises(simt.SimtError, match="already exited"):
         k(mod, "shuffle_after_exit")(1, 32, (np.zeros(32, np.float32),))
+
+
+def test_deadlock_is_reported(mod):
+    with pytest.raises(simt.SimtError, match="deadlock") as info:
+        k(mod, "divergent_sync")(1, 32, (np.zeros(32, np.float32),))
+    assert "__syncwarp(mask=0xffffffff)" in info.value.report and "__syncthreads" in info.value.report
+
+
+def test_spinning_kernel_times_out(mod):
+    with pytest.raises(simt.SimtError, match="did not finish within 1 s"):
+        k(mod, "spin_on_flag")(2, 1, (np.zeros(1, np.int32),), timeout=1)
 
 
 def test_partial_warp_full_mask_is_reported(mod):
