@@ -4,6 +4,7 @@ Swap ``scipy.special.softmax(x, axis=1)`` for ``cusoft.softmax(x, axis=1)``: the
 on the device the array lives on.
 """
 
+from ._attention import attention, merge_attention
 from ._backward import log_softmax_backward, softmax_backward
 from ._config import precompile, show_config
 from ._dispatch import BackendError, use_backend
@@ -15,10 +16,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "attention",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
     "logsumexp_partial",
+    "merge_attention",
     "merge_partials",
     "precompile",
     "show_config",
