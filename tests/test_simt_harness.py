@@ -193,10 +193,21 @@ __global__ void spin_on_flag(volatile int* flag) {
     while (flag[0] == 0) {}   // nobody sets it: blocks never run concurrently here
 }
 
+struct Affine { int n; float scale; double shift; };
+
+extern "C" __global__ void affine(const float* x, double* y, Affine p) {
+    int i = threadIdx.x;
+    if (i < p.n) y[i] = p.scale * x[i] + p.shift;
+}
+
 // -- planted bugs -------------------------------------------------------------------------------
 __global__ void scale_oob(const float* x, float* y, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i <= n) y[i] = 2.0f * x[i < n ? i : 0];   // `<=`: one element past the end
+}
+
+__global__ void misaligned_vector_load(const float* x, float4* y) {
+    y[threadIdx.x] = reinterpret_cast<const float4*>(x + 1)[threadIdx.x];  // x + 1 is not 16-byte aligned
 }
 
 __global__ void warp_sum_bad_mask(const float* x, float* out) {
@@ -247,7 +258,7 @@ NAMES = [
     "shuffles<long long>", "shuffles<__half>", "segment_sum", "votes", "reverse_dyn", "read_stale",
     "atomics", "half_convert", "half_ops", "vector_io", "offsets64", "offsets32", "scale_oob",
     "warp_sum_bad_mask", "half_warp_reads_outside", "early_exit_barrier", "shuffle_after_exit",
-    "math_f", "math_d", "divergent_sync", "spin_on_flag", "inplace_scale", "ptr_diff", "maybe_null", "say_hello",
+    "math_f", "math_d", "divergent_sync", "spin_on_flag", "inplace_scale", "ptr_diff", "maybe_null", "affine", "misaligned_vector_load", "say_hello",
 ]
 
 
@@ -528,6 +539,12 @@ def test_missing_syncthreads_gives_a_wrong_answer(mod):
     assert wrong_seeds, "the race of a missing __syncthreads went unnoticed for every seed"
 
 
+def test_misaligned_vector_load_raises(mod):
+    # a GPU faults with "misaligned address"; UBSan reports the same access
+    with pytest.raises(simt.SimtError, match="misaligned address"):
+        k(mod, "misaligned_vector_load")(1, 2, (np.zeros(12, np.float32), np.zeros(8, np.float32)))
+
+
 def test_shuffle_mask_without_the_calling_lane_raises(mod):
     x = np.ones(32, np.float32)
     with pytest.raises(simt.SimtError, match="does not include the calling lane"):
@@ -603,6 +620,15 @@ def test_argument_checks(mod):
         f(1, 8, (y, y, y, np.int64(8)))
     with pytest.raises(ValueError, match="not contiguous"):
         f(1, 8, (y[::2], y[::2], np.float32(1), np.int64(4)))
+
+
+def test_struct_parameter_by_value(mod):
+    params = np.array((3, 2.0, 0.5), dtype=np.dtype([("n", "<i4"), ("scale", "<f4"), ("shift", "<f8")],
+                                                     align=True))[()]
+    x = np.arange(4, dtype=np.float32)
+    y = np.zeros(4)
+    k(mod, "affine")(1, 4, (x, y, params))
+    np.testing.assert_array_equal(y, [0.5, 2.5, 4.5, 0])
 
 
 def test_launch_limits(mod):

@@ -464,8 +464,13 @@ def _error_from_report(report, returncode, what, kernel):
     if "SEGV" in summary or "stack-overflow" in summary:
         summary += (" (a fiber stack overflow also ends this way: each thread has "
                     f"{os.environ.get('CUSOFT_SIMT_STACK_KB', '256')} KiB, $CUSOFT_SIMT_STACK_KB)")
-    shown = report if len(report) <= 12000 else report[:6000] + "\n[...]\n" + report[-6000:]
-    return SimtError(f"simt: {what} failed: {summary}\n{shown}", report=report, kernel=kernel)
+    shown = report.strip()
+    if shown == summary:
+        shown = ""
+    elif len(shown) > 12000:
+        shown = shown[:6000] + "\n[...]\n" + shown[-6000:]
+    return SimtError(f"simt: {what} failed: {summary}" + (f"\n{shown}" if shown else ""), report=report,
+                     kernel=kernel)
 
 
 _servers = {}

@@ -219,26 +219,32 @@ static const char* op_name(int op) {
 static void fail_deadlock() {
     fflush(stdout);
     fprintf(stderr,
-            "SIMT ERROR (kernel %s, block (%u,%u,%u)): deadlock: no thread can proceed.  Threads still "
-            "running and where they wait:\n",
+            "SIMT ERROR (kernel %s, block (%u,%u,%u)): deadlock: no thread can proceed.  Where the "
+            "threads wait:\n",
             g_kernel_name, g_block_idx.x, g_block_idx.y, g_block_idx.z);
-    unsigned shown = 0, done = 0;
-    for (unsigned i = 0; i < g_nthreads; ++i) {
+    // Runs of consecutive threads waiting at the same call print as one line.
+    unsigned done = 0, lines = 0;
+    for (unsigned i = 0; i < g_nthreads;) {
         const Fiber& f = g_fibers[i];
         if (f.state == DONE) {
             ++done;
+            ++i;
             continue;
         }
-        if (shown++ < 40) {
-            if (f.state == WAIT_WARP)
-                fprintf(stderr, "  thread (%u,%u,%u) [warp %u lane %u]: %s(mask=0x%08x) at %s:%d\n", f.tid.x, f.tid.y,
-                        f.tid.z, f.warp, f.lane, op_name(f.op), f.mask, f.file, f.line);
-            else
-                fprintf(stderr, "  thread (%u,%u,%u) [warp %u lane %u]: %s at %s:%d\n", f.tid.x, f.tid.y, f.tid.z,
-                        f.warp, f.lane, op_name(f.op), f.file, f.line);
+        unsigned j = i + 1;
+        while (j < g_nthreads && g_fibers[j].state == f.state && g_fibers[j].op == f.op &&
+               g_fibers[j].mask == f.mask && g_fibers[j].line == f.line && strcmp(g_fibers[j].file, f.file) == 0)
+            ++j;
+        const Fiber& l = g_fibers[j - 1];
+        if (lines++ < 32) {
+            char mask[32] = "";
+            if (f.state == WAIT_WARP) snprintf(mask, sizeof mask, "(mask=0x%08x)", f.mask);
+            fprintf(stderr, "  threads (%u,%u,%u)..(%u,%u,%u) [linear %u-%u]: %s%s at %s:%d\n", f.tid.x, f.tid.y,
+                    f.tid.z, l.tid.x, l.tid.y, l.tid.z, i, j - 1, op_name(f.op), mask, f.file, f.line);
         }
+        i = j;
     }
-    if (shown > 40) fprintf(stderr, "  ... and %u more\n", shown - 40);
+    if (lines > 32) fprintf(stderr, "  ... %u more groups\n", lines - 32);
     fprintf(stderr, "  (%u threads of the block have exited)\n", done);
     fflush(stderr);
     _exit(86);
