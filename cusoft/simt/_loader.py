@@ -434,6 +434,9 @@ class _Server:
 def _summarize(report):
     """One line saying what went wrong, from a sanitizer or harness report."""
     lines = report.splitlines()
+    for line in lines:
+        if "Assertion `" in line:  # glibc's assert, if a kernel re-included <assert.h>
+            return line.strip()
     for i, line in enumerate(lines):
         if "SIMT ERROR" in line or "runtime error:" in line:
             return line.strip()

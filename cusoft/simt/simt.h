@@ -132,6 +132,16 @@ inline T from_bits(unsigned long long b) {
 }  // namespace detail
 }  // namespace cusoft_simt
 
+// Device-side assert, reported with the block and thread like CUDA's (NDEBUG turns it off).
+#undef assert
+#ifdef NDEBUG
+#define assert(e) (static_cast<void>(0))
+#else
+#define assert(e) \
+    ((e) ? static_cast<void>(0) \
+         : ::cusoft_simt::detail::fail("assertion `%s' failed at %s:%d in %s", #e, __FILE__, __LINE__, __func__))
+#endif
+
 #define threadIdx (static_cast<const uint3&>(*::cusoft_simt::detail::g_thread_idx))
 #define blockIdx (static_cast<const uint3&>(::cusoft_simt::detail::g_block_idx))
 #define blockDim (static_cast<const dim3&>(::cusoft_simt::detail::g_block_dim))
@@ -200,6 +210,11 @@ inline void __threadfence() {}
 inline void __threadfence_block() {}
 inline void __threadfence_system() {}
 inline void __nanosleep(unsigned) {}
+// A per-process tick count: monotonic, but says nothing about time on a GPU.
+inline long long int clock64() {
+    static long long int ticks = 0;
+    return ticks += 1000;
+}
 
 // ---- bit reinterpretation and integer intrinsics ------------------------------------------------
 namespace cusoft_simt {

@@ -34,7 +34,8 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-#if !defined(__x86_64__) && !defined(__aarch64__)
+#if defined(CUSOFT_SIMT_UCONTEXT) || !defined(__ELF__) || !(defined(__x86_64__) || defined(__aarch64__))
+#undef CUSOFT_SIMT_UCONTEXT
 #define CUSOFT_SIMT_UCONTEXT 1
 #include <ucontext.h>
 #endif
@@ -56,7 +57,9 @@ static const char* g_kernel_name = "?";
 // (ucontext's swapcontext makes two system calls per switch for the signal mask; a launch makes
 // hundreds of thousands of switches.)
 extern "C" void cusoft_simt_switch(void** save_sp, void* new_sp);
-#if defined(__x86_64__)
+#if defined(CUSOFT_SIMT_UCONTEXT)
+// portable fallback: swapcontext
+#elif defined(__x86_64__)
 asm(R"(
     .text
     .globl cusoft_simt_switch
