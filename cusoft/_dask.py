@@ -149,7 +149,8 @@ def _chunk_state(x, b=None, *, axis, keepdims=True, dtype, with_d=False,
         st["m"] = xp.full(kshape, -np.inf, sdt)
         return st
     if b is not None:
-        b = xp.broadcast_to(b, x.shape)
+        # a NumPy weight next to CuPy data moves to the chunk's device
+        b = xp.broadcast_to(xp.asarray(b), x.shape)
     x3, _ = v.to_canonical(xp, x.astype(dtype, copy=False), axes)
     b3 = None if b is None else v.to_canonical(xp, b.astype(dtype, copy=False), axes)[0]
     m = xp.empty((x3.shape[0], x3.shape[2]), sdt)
@@ -461,7 +462,8 @@ def _backward_norm(y, dy, s, *, log, dtype):
     xp = _xp_of(y)
     cdt = s.dtype
     yc = y.astype(cdt, copy=False)
-    dc = dy.astype(cdt, copy=False)
+    dc = xp.asarray(dy).astype(cdt, copy=False)
+    s = xp.asarray(s)
     g = dc - xp.exp(yc) * s if log else yc * (dc - s)
     return g.astype(dtype, copy=False)
 
@@ -526,6 +528,8 @@ def _targets(xb, tb, cb, wb, *, ax, labels, ign, eps, C, cdt):
     xp = _xp_of(xb)
     shp = [1] * xb.ndim
     shp[ax] = -1
+    tb, cb = xp.asarray(tb), xp.asarray(cb)
+    wb = None if wb is None else xp.asarray(wb)
     if labels:
         keep = tb != ign
         bad = keep & ((tb < 0) | (tb >= C))
@@ -572,7 +576,7 @@ def _xent_grad(xb, tb, st, cb, wb, tot, scale, **kw):
     dt = kw.pop("dtype")
     wt = _targets(xb, tb, cb, wb, **kw)
     with np.errstate(**_ERR):
-        g = xp.exp(_logp(xb, st)) * tot - wt
+        g = xp.exp(_logp(xb, st)) * xp.asarray(tot) - wt
         g = g * xp.asarray(scale, dtype=g.dtype)
     return g.astype(dt, copy=False)
 
@@ -580,6 +584,7 @@ def _xent_grad(xb, tb, st, cb, wb, tot, scale, **kw):
 def _den_block(lab, w, *, ign):
     xp = _xp_of(lab)
     keep = lab != ign
+    w = None if w is None else xp.asarray(w)
     if w is None:
         return xp.sum(keep, dtype=np.float64, keepdims=True).reshape((1,) * lab.ndim)
     ww = w[xp.where(keep, lab, 0)].astype(np.float64) * keep
