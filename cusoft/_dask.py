@@ -274,11 +274,17 @@ def _normalise(x, st, *, log, dtype):
     return t.astype(dtype, copy=False)
 
 
+def _softmax_block(x, *, axis, log):
+    # the chunk's own backend, named: a ``use_backend("dask")`` around compute() must not
+    # send the chunk back here
+    from ._softmax import log_softmax, softmax as pub
+
+    return (log_softmax if log else pub)(x, axis=axis, backend=_backend_name(x))
+
+
 def softmax(x, axis=None, *, log=False, out=None):
     """softmax / log_softmax of a Dask array: lazy, chunk by chunk (see module docstring)."""
     import functools
-
-    from ._softmax import log_softmax as pub_log, softmax as pub
 
     da = _da()
     fname = "log_softmax" if log else "softmax"
@@ -293,7 +299,7 @@ def softmax(x, axis=None, *, log=False, out=None):
         raise ValueError("zero-size array to reduction operation maximum which has no identity")
     meta = _meta(x, x.ndim, dt)
     if x.size == 0 or _one_chunk(x, axes):
-        res = x.map_blocks(functools.partial(pub_log if log else pub, axis=axes), dtype=dt,
+        res = x.map_blocks(functools.partial(_softmax_block, axis=axes, log=log), dtype=dt,
                            meta=meta, token=f"cusoft-{fname}")
     else:
         dt = _floor_float(dt, fname)
@@ -332,7 +338,8 @@ def _lse_block(a, b=None, *, axis, return_sign):
     from ._logsumexp import logsumexp as pub
 
     xp = _xp_of(a)
-    res = pub(a, axis=axis, b=b, keepdims=True, return_sign=return_sign)
+    res = pub(a, axis=axis, b=b, keepdims=True, return_sign=return_sign,
+              backend=_backend_name(a))
     if not return_sign:
         return xp.asarray(res)
     return xp.stack([xp.asarray(res[0]), xp.asarray(res[1])])
@@ -412,7 +419,7 @@ def _partial_block(x, *, axis):
     from ._logsumexp import logsumexp_partial as pub
 
     xp = _xp_of(x)
-    m, s = pub(x, axis=axis, keepdims=True)
+    m, s = pub(x, axis=axis, keepdims=True, backend=_backend_name(x))
     return xp.stack([xp.asarray(m), xp.asarray(s)])
 
 
@@ -455,7 +462,7 @@ def logsumexp_partial(x, axis=None, *, keepdims=False):
 def _backward_block(y, dy, *, axis, log):
     from ._backward import log_softmax_backward, softmax_backward as pub
 
-    return (log_softmax_backward if log else pub)(y, dy, axis=axis)
+    return (log_softmax_backward if log else pub)(y, dy, axis=axis, backend=_backend_name(y))
 
 
 def _backward_norm(y, dy, s, *, log, dtype):
@@ -476,7 +483,7 @@ def _as_dask_like(a, like):
     return da.from_array(a, chunks=like.chunks)
 
 
-def softmax_backward(y, dy, axis=None, *, log=False):
+def softmax_backward(y, dy, axis=None, *, log=False, out=None):
     """Gradient of softmax/log_softmax for Dask arrays (y: the forward output)."""
     import functools
 
@@ -506,7 +513,8 @@ def softmax_backward(y, dy, axis=None, *, log=False):
         res = da.blockwise(functools.partial(_backward_norm, log=log, dtype=dt), idx, y, idx,
                            dy, idx, s, idx, dtype=dt,
                            meta=meta, align_arrays=False, token=f"cusoft-{fname}-norm")
-    return res.reshape(()) if scalar else res
+    res = res.reshape(()) if scalar else res
+    return res if out is None else _handle_out(fname, out, res)
 
 
 # -- cross-entropy --------------------------------------------------------------------------
@@ -517,7 +525,7 @@ def _xent_block(x, t, w=None, *, axis, ignore_index, eps, want_grad):
 
     xp = _xp_of(x)
     res = pub(x, t, axis=axis, reduction="none", ignore_index=ignore_index,
-              label_smoothing=eps, weight=w, return_grad=want_grad)
+              label_smoothing=eps, weight=w, return_grad=want_grad, backend=_backend_name(x))
     loss = res[0] if want_grad else res
     loss = xp.expand_dims(xp.asarray(loss), axis)
     return (loss, res[1]) if want_grad else loss

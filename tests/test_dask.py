@@ -487,3 +487,14 @@ def test_cupy_chunks_on_one_gpu():
         got = res.compute()
         assert isinstance(got, cupy.ndarray)        # the chunks never left the GPU
         assert_close(cupy.asnumpy(got), ref, np.float32)
+
+
+def test_use_backend_dask_on_numpy_input():
+    x = _x((4, 6))
+    with cusoft.use_backend("dask"):
+        res = cusoft.softmax(x, axis=1)
+        assert isinstance(res, da.Array)
+        got = res.compute()          # the chunk runs on "cpu", not back into Dask
+        lse = cusoft.logsumexp(x, axis=1, b=np.ones(6)).compute()
+    assert_close(got, sp.softmax(x, axis=1), np.float64)
+    assert_close(lse, sp.logsumexp(x, axis=1), np.float64)
