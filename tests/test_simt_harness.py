@@ -228,8 +228,8 @@ __global__ void early_exit_barrier(float* out) {
     out[threadIdx.x] = 1.0f;
 }
 
-__global__ void shuffle_after_exit(float* out) {
-    if (threadIdx.x == 7) return;
+__global__ void shuffle_after_exit(float* out, int quitter) {
+    if (threadIdx.x == quitter) return;
     out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1.0f, 1);
 }
 
@@ -561,9 +561,13 @@ def test_exit_before_barrier_is_reported(mod):
         k(mod, "early_exit_barrier")(1, 64, (np.zeros(64, np.float32),))
 
 
-def test_shuffle_with_an_exited_lane_is_reported(mod):
-    with pytest.raises(simt.SimtError, match="already exited"):
-        k(mod, "shuffle_after_exit")(1, 32, (np.zeros(32, np.float32),))
+def test_reading_an_exited_lane_is_reported(mod):
+    # CUDA lets a mask name exited lanes, but a value read from one is undefined
+    with pytest.raises(simt.SimtError, match="reads lane 7 of warp 0, which has exited"):
+        k(mod, "shuffle_after_exit")(1, 32, (np.zeros(32, np.float32), np.int32(7)))
+    y = np.zeros(32, np.float32)
+    k(mod, "shuffle_after_exit")(1, 32, (y, np.int32(0)))  # lane 0 exits; nobody reads it
+    np.testing.assert_array_equal(y[1:], 1)
 
 
 def test_deadlock_is_reported(mod):
@@ -577,9 +581,12 @@ def test_spinning_kernel_times_out(mod):
         k(mod, "spin_on_flag")(2, 1, (np.zeros(1, np.int32),), timeout=1)
 
 
-def test_partial_warp_full_mask_is_reported(mod):
+def test_reading_past_a_partial_warp_is_reported(mod):
     with pytest.raises(simt.SimtError, match="does not exist"):
         k(mod, "segment_sum")(1, 48, (np.ones(48, np.float32), np.zeros(48, np.float32), np.int32(32)))
+    y = np.zeros(48, np.float32)
+    k(mod, "segment_sum")(1, 48, (np.ones(48, np.float32), y, np.int32(16)))  # full mask, 16-lane segments
+    np.testing.assert_array_equal(y, 16)
 
 
 # ---- the Python side ---------------------------------------------------------------------------

@@ -25,15 +25,16 @@ How it works
   sent as one buffer.
 * Every thread of a block is a fiber on one OS thread.  A fiber runs until it reaches
   ``__syncthreads``, a warp intrinsic or its end.  The resolver then releases complete groups:
-  the whole block at ``__syncthreads``; every lane named in the mask of a warp intrinsic, which
-  must all call the same intrinsic with the same mask.  Lanes exchange values with CUDA's
-  ``width`` segment rules.  Between two releases, fibers run in an order shuffled from the seed
+  the whole block at ``__syncthreads``; every non-exited lane named in the mask of a warp
+  intrinsic, which must all call the same intrinsic with the same mask (CUDA's rule; exited
+  lanes and lanes past a partial last warp are skipped, but reading one is an error).  Lanes
+  exchange values with CUDA's ``width`` segment rules.  Between two releases, fibers run in an order shuffled from the seed
   (``seed=`` / ``$CUSOFT_SIMT_SEED``), so a missing ``__syncthreads`` changes the answer.  Blocks
   run one after another, in a seeded order.
 * Errors raise :class:`SimtError` with the report attached (``.report``): ASan and UBSan
-  reports, deadlocks (a thread that exits while others wait at ``__syncthreads``, a mask naming
-  an exited or missing lane, no group able to proceed), a shuffle reading a lane outside the
-  mask, a calling lane outside its own mask, failed ``assert``, hangs (``$CUSOFT_SIMT_TIMEOUT``).
+  reports, deadlocks (a thread that exits while others wait at ``__syncthreads``, no group able
+  to proceed), a shuffle reading a lane outside the mask or an exited/missing lane, a calling
+  lane outside its own mask, failed ``assert``, hangs (``$CUSOFT_SIMT_TIMEOUT``).
   Launch configurations a GPU rejects raise :class:`SimtLaunchError`.
 
 Limits

@@ -428,27 +428,19 @@ unsigned active_mask() {
     return m;
 }
 
+// CUDA: every *non-exited* lane named in the mask must make the same call with the same mask.
+// Exited lanes (and lanes past the end of a partial last warp) are skipped, but reading a
+// value from one is undefined, and so an error here.
 static void resolve_warp_group(unsigned warp, Fiber& first, unsigned* handled) {
     unsigned base = warp * 32;
     unsigned mask = first.mask;
-    // Lanes that can never arrive are an error now; lanes still on their way are waited for.
+    unsigned gone = 0;
     for (unsigned l = 0; l < 32; ++l) {
         if (!(mask >> l & 1u)) continue;
-        if (base + l >= g_nthreads) {
-            g_cur = &first;
-            fail("%s at %s:%d: mask 0x%08x names lane %u of warp %u, which does not exist (the block has %u "
-                 "threads)",
-                 op_name(first.op), first.file, first.line, mask, l, warp, g_nthreads);
+        if (base + l >= g_nthreads || g_fibers[base + l].state == DONE) {
+            gone |= 1u << l;
+            continue;
         }
-        Fiber& o = g_fibers[base + l];
-        if (o.state == DONE) {
-            g_cur = &first;
-            fail("%s at %s:%d: mask 0x%08x names lane %u of warp %u, which has already exited", op_name(first.op),
-                 first.file, first.line, mask, l, warp);
-        }
-    }
-    for (unsigned l = 0; l < 32; ++l) {
-        if (!(mask >> l & 1u)) continue;
         Fiber& o = g_fibers[base + l];
         if (o.state != WAIT_WARP || o.mask != mask || o.op != first.op) return;  // not all there yet
         if (o.width != first.width) {
@@ -457,12 +449,12 @@ static void resolve_warp_group(unsigned warp, Fiber& first, unsigned* handled) {
                  o.width, first.width);
         }
     }
-    // Complete: exchange.
+    unsigned live = mask & ~gone;
     unsigned long long ballot = 0;
     for (unsigned l = 0; l < 32; ++l)
-        if ((mask >> l & 1u) && g_fibers[base + l].value) ballot |= 1ull << l;
+        if ((live >> l & 1u) && g_fibers[base + l].value) ballot |= 1ull << l;
     for (unsigned l = 0; l < 32; ++l) {
-        if (!(mask >> l & 1u)) continue;
+        if (!(live >> l & 1u)) continue;
         Fiber& o = g_fibers[base + l];
         unsigned w = static_cast<unsigned>(o.width);
         unsigned seg_lo = l & ~(w - 1), seg_hi = seg_lo + w - 1;
@@ -486,25 +478,30 @@ static void resolve_warp_group(unsigned warp, Fiber& first, unsigned* handled) {
                          "undefined on a GPU)",
                          op_name(o.op), o.file, o.line, l, src, mask);
                 }
+                if (gone >> src & 1u) {
+                    g_cur = &o;
+                    fail("%s at %s:%d: lane %u reads lane %u of warp %u, which %s (its value is undefined on a "
+                         "GPU)",
+                         op_name(o.op), o.file, o.line, l, src, warp,
+                         base + src >= g_nthreads ? "does not exist (partial last warp)" : "has exited");
+                }
                 o.result = g_fibers[base + src].value;
                 break;
             case OP_BALLOT: o.result = ballot; break;
             case OP_ANY: o.result = ballot != 0; break;
-            case OP_ALL: o.result = ballot == mask; break;
+            case OP_ALL: o.result = ballot == live; break;
             case OP_MATCH_ANY: {
                 unsigned m = 0;
                 for (unsigned k = 0; k < 32; ++k)
-                    if ((mask >> k & 1u) && g_fibers[base + k].value == o.value) m |= 1u << k;
+                    if ((live >> k & 1u) && g_fibers[base + k].value == o.value) m |= 1u << k;
                 o.result = m;
                 break;
             }
             default: o.result = 0; break;
         }
     }
-    for (unsigned l = 0; l < 32; ++l) {
-        if (!(mask >> l & 1u)) continue;
-        g_fibers[base + l].state = READY;
-    }
+    for (unsigned l = 0; l < 32; ++l)
+        if (live >> l & 1u) g_fibers[base + l].state = READY;
     *handled |= mask;
 }
 
