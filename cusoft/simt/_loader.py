@@ -291,12 +291,14 @@ class _Server:
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         env = dict(os.environ)
-        env["ASAN_OPTIONS"] = _ASAN_OPTIONS + (":" + env["ASAN_OPTIONS"] if env.get("ASAN_OPTIONS") else "")
-        env["UBSAN_OPTIONS"] = _UBSAN_OPTIONS + (":" + env["UBSAN_OPTIONS"] if env.get("UBSAN_OPTIONS") else "")
+        # ours first: a user's own options, appended, win
+        for var, ours in (("ASAN_OPTIONS", _ASAN_OPTIONS), ("UBSAN_OPTIONS", _UBSAN_OPTIONS)):
+            env[var] = ours + (":" + env[var] if env.get(var) else "")
         try:
-            self.proc = subprocess.Popen([str(self.exe), str(req_r), str(rep_w)], pass_fds=(req_r, rep_w),
-                                         stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
-                                         env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [str(self.exe), str(req_r), str(rep_w)], pass_fds=(req_r, rep_w),
+                stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err, env=env,
+                start_new_session=True)
         finally:
             os.close(req_r)
             os.close(rep_w)
@@ -396,7 +398,7 @@ class _Server:
         return _error_from_report(report, rc, what, kernel)
 
     # -- a launch --------------------------------------------------------------------------------
-    def launch(self, name, header, buffers, arg_bytes, timeout):
+    def launch(self, name, header, buffers, arg_bytes, timeout, seed=0):
         """Send one launch; returns the buffers' new contents as uint8 arrays."""
         with self.lock:
             self.ensure()
@@ -418,15 +420,15 @@ class _Server:
                         self._read(len(b), deadline, into=dst)
                     out.append(dst)
             except _ServerDied:
-                raise self._failure(f"launching {name}", name) from None
+                raise self._failure(f"launching {name} (seed={seed})", name) from None
             except TimeoutError:
                 self._cleanup()
                 self._forward_stdout()
                 raise SimtError(
-                    f"simt: {name} did not finish within {timeout:g} s (CUSOFT_SIMT_TIMEOUT).  Threads "
-                    "switch only at __syncthreads and warp intrinsics and blocks run one after "
-                    "another, so a thread that spins waiting for another thread or block never "
-                    "finishes here.", kernel=name) from None
+                    f"simt: {name} (seed={seed}) did not finish within {timeout:g} s "
+                    "(CUSOFT_SIMT_TIMEOUT).  Threads switch only at __syncthreads and warp "
+                    "intrinsics and blocks run one after another, so a thread that spins waiting "
+                    "for another thread or block never finishes here.", kernel=name) from None
             self._forward_stdout()
             return out
 
@@ -524,7 +526,8 @@ class SimtModule:
 
     def __init__(self, code=None, *, path=None, options=(), name_expressions=None, include_dirs=(),
                  **cupy_only):
-        unknown = set(cupy_only) - {"backend", "translate_cucomplex", "enable_cooperative_groups", "jitify"}
+        unknown = set(cupy_only) - {"backend", "translate_cucomplex", "enable_cooperative_groups",
+                                    "jitify"}
         if unknown:
             raise TypeError(f"SimtModule() got unexpected keyword arguments {sorted(unknown)}")
         if (code is None) == (path is None):
@@ -557,7 +560,8 @@ class SimtModule:
                 "static const cusoft_simt::KernelEntry cusoft_simt_table[] = {\n"
                 f"{entries}\n}};\n"
                 "int main(int argc, char** argv) {\n"
-                f"    return cusoft_simt::serve(argc, argv, cusoft_simt_table, {len(self._names)});\n}}\n")
+                "    return cusoft_simt::serve(argc, argv, cusoft_simt_table, "
+                f"{len(self._names)});\n}}\n")
 
     def _build(self):
         ok, reason = available()
@@ -668,13 +672,14 @@ class SimtFunction:
         buffers, arg_bytes, placements = _marshal(self.name, args, params)
         header = struct.pack("=4sI3I3IQQII", b"LNCH", index, *grid, *block, int(shared_mem),
                              int(seed) & (2**64 - 1), len(buffers), len(params))
-        results = srv.launch(self.name, header, buffers, arg_bytes, timeout)
+        results = srv.launch(self.name, header, buffers, arg_bytes, timeout, seed)
         _copy_back(self.name, results, placements)
 
     def _check_config(self, grid, block, shared_mem):
         def bad(msg):
-            raise SimtLaunchError(f"simt: invalid launch of {self.name}: {msg} (a GPU refuses it with "
-                                  "cudaErrorInvalidConfiguration/cudaErrorInvalidValue)", kernel=self.name)
+            raise SimtLaunchError(f"simt: invalid launch of {self.name}: {msg} (a GPU refuses it "
+                                  "with cudaErrorInvalidConfiguration/cudaErrorInvalidValue)",
+                                  kernel=self.name)
         for axis, (g, gmax) in enumerate(zip(grid, MAX_GRID_DIM)):
             if not 1 <= g <= gmax:
                 bad(f"grid dimension {'xyz'[axis]} is {g}; it must be in [1, {gmax}]")
@@ -710,9 +715,11 @@ def _dims(value, what, name):
     try:
         dims = tuple(int(v) for v in value)
     except TypeError:
-        raise TypeError(f"{name}: {what} must be an int or a tuple of up to 3 ints, got {value!r}") from None
+        raise TypeError(f"{name}: {what} must be an int or a tuple of up to 3 ints, "
+                        f"got {value!r}") from None
     if not 1 <= len(dims) <= 3:
-        raise SimtLaunchError(f"simt: {name}: {what} must have 1 to 3 dimensions, got {dims}", kernel=name)
+        raise SimtLaunchError(f"simt: {name}: {what} must have 1 to 3 dimensions, got {dims}",
+                              kernel=name)
     return dims + (1,) * (3 - len(dims))
 
 
@@ -805,4 +812,5 @@ def _copy_back(name, results, placements):
         if n and a.flags.writeable:
             ctypes.memmove(a.__array_interface__["data"][0], results[b].ctypes.data + off, n)
     if readonly_changed:
-        raise SimtError(f"simt: {name} wrote to read-only array argument(s) {readonly_changed}", kernel=name)
+        raise SimtError(f"simt: {name} wrote to read-only array argument(s) {readonly_changed}",
+                        kernel=name)
