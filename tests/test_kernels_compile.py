@@ -84,3 +84,47 @@ def test_ptxas_no_spills(arch):
     # launch bounds hold: 512-thread kernels fit 128 registers, 256-thread ones 255
     for r in rows:
         assert 0 < r["registers"] <= 255, r
+
+
+# -- the launch planner (pure Python: runs everywhere) --------------------------------------
+@pytest.mark.parametrize("shape,dtype,want", [
+    ((1000, 100, 1), "float32", "warp"),
+    ((100, 5000, 1), "float32", "block"),
+    ((300, 20000, 1), "float64", "online"),   # 160 KB rows: no shared-memory cache
+    ((1, 1 << 20, 1), "float32", "split"),
+    ((1, 3 * 2**30, 1), "float16", "split"),  # > 2**31 elements: int64 offsets
+    ((10, 100, 7), "float32", "col"),
+])
+def test_launch_rules(shape, dtype, want):
+    import numpy as np
+
+    from cusoft import _launch
+
+    lim = _launch.DeviceLimits()
+    for log in (False, True):
+        plan = _launch.launch_softmax(*shape, dtype, log, lim)
+        assert plan.variant == want
+        _check_plan(plan, lim)
+    if want != "online":
+        for fn in (_launch.launch_logsumexp, _launch.launch_partial):
+            plan = fn(*shape, dtype, lim)
+            _check_plan(plan, lim)
+    if want == "split":
+        chunks = next(a for a in plan.launches[0].args[::-1] if isinstance(a, np.int64))
+        assert chunks > 1
+
+
+def _check_plan(plan, lim):
+    import numpy as np
+
+    warp_like = ("softmax_rowmax", "softmax_expsum", "softmax_fwd_warp", "logsumexp_warp",
+                 "partial_warp")
+    for la in plan.launches:
+        threads = la.block[0] * la.block[1] * la.block[2]
+        bound = 256 if la.kernel.startswith(warp_like) else 512  # CUSOFT_BOUNDS in softmax.cu
+        assert threads <= bound, la
+        assert la.shared <= lim.smem_per_block, la
+        assert 1 <= la.grid[0] < 2**31 and la.grid[1:] == (1, 1), la
+        assert la.kernel in set(_module.name_expressions()), la.kernel
+        for a in la.args:
+            assert isinstance(a, (str, np.int64)), (la.kernel, a)
