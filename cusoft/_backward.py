@@ -51,8 +51,8 @@ def _backward(fname, y, dy, axis, out, backend, log):
     if yk.size == 0:
         res = xp.empty(yk.shape, dt)
     else:
-        y3, info = v.to_canonical(xp, yk.astype(dt, copy=False), axes)
-        d3, _ = v.to_canonical(xp, dk.astype(dt, copy=False), axes)
+        y3, info = v.to_canonical(xp, v.astype(yk, dt), axes)
+        d3, _ = v.to_canonical(xp, v.astype(dk, dt), axes)
         o3 = xp.empty(y3.shape, dt)
         be.softmax_backward(y3, d3, o3, log)
         res = v.from_canonical(xp, o3, info)

@@ -61,11 +61,11 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False, *, backen
         res = xp.full(rshape, -np.inf, dtype=dt)
         sgn = xp.sign(res) if return_sign else None
         return _finish(res, sgn, a, return_sign)
-    xa = xp.broadcast_to(xa.astype(dt, copy=False), shape)
+    xa = xp.broadcast_to(v.astype(xa, dt), shape)
     x3, info = v.to_canonical(xp, xa, axes)
     b3 = None
     if xb is not None:
-        b3, _ = v.to_canonical(xp, xp.broadcast_to(xb.astype(dt, copy=False), shape), axes)
+        b3, _ = v.to_canonical(xp, xp.broadcast_to(v.astype(xb, dt), shape), axes)
     out3 = xp.empty((x3.shape[0], x3.shape[2]), dt)
     sign3 = xp.empty_like(out3) if return_sign else None
     be.logsumexp(x3, b3, out3, sign3)
@@ -132,7 +132,7 @@ def logsumexp_partial(x, axis=None, *, keepdims=False, backend=None):
         m = xp.full(rshape, -np.inf, dtype=sdt)
         s = xp.zeros(rshape, dtype=sdt)
     else:
-        x3, info = v.to_canonical(xp, xk.astype(dt, copy=False), axes)
+        x3, info = v.to_canonical(xp, v.astype(xk, dt), axes)
         m = xp.empty((x3.shape[0], x3.shape[2]), sdt)
         c = xp.empty_like(m)
         r = xp.empty_like(m)

@@ -73,7 +73,7 @@ def _softmax_like(fname, x, axis, out, backend, log):
         res = xp.empty(shape, dt)
         return _finish(res, x, out)
     if xk.dtype != dt:
-        xk = xk.astype(dt)
+        xk = v.astype(xk, dt)
     x3, info = v.to_canonical(xp, xk, axes)
     direct = (out is not None and user_kind == kind and info[0] != "moved"
               and out.flags.c_contiguous)

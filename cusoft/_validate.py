@@ -72,15 +72,16 @@ def from_kind(y, like):
     return arrays.like(y, like)
 
 
-def check_dtype(fname, dtype, *, allow_complex_host=True):
-    """Reject dtypes that have no meaning here, with the message NumPy users expect."""
-    if dtype.kind in "biuf":
-        return
-    if dtype.kind == "c":
-        return
-    raise TypeError(
-        f"cusoft.{fname}: unsupported dtype {dtype}; expected a real floating, integer or "
-        f"boolean array")
+def astype(x, dtype):
+    """``x`` in ``dtype``; no copy when it already is.  Device arrays without ``astype``
+    (Numba's) convert through the host: only integer/bool device input takes that path."""
+    if np.dtype(x.dtype) == np.dtype(dtype):
+        return x
+    if hasattr(x, "astype"):
+        return x.astype(dtype)
+    from ._numba import arrays
+
+    return arrays.asarray(arrays.to_host(x).astype(dtype))
 
 
 def softmax_dtype(dtype):

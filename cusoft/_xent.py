@@ -11,6 +11,14 @@ _NO_IGNORE = -(2 ** 63)
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def _host(a):
+    if a is None:
+        return None
+    from ._numba import arrays
+
+    return arrays.to_host(a)
+
+
 def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_index=None,
                           label_smoothing=0.0, weight=None, return_grad=False, backend=None):
     """Cross-entropy between ``softmax(logits, axis)`` and ``target``.
@@ -76,11 +84,13 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
         if tuple(t.shape) != rows_shape:
             raise ValueError(f"cusoft.{fname}: integer target must have shape {rows_shape} "
                              f"(logits without axis {ax}), got {tuple(t.shape)}")
-        labels = t.astype(np.int64)
+        labels = v.astype(t, np.int64)
         ign = _NO_IGNORE if ignore_index is None else int(ignore_index)
-        bad = (labels != ign) & ((labels < 0) | (labels >= C))
+        # the check (one small reduction) runs where array arithmetic exists
+        lchk = _host(labels) if kind == "cuda" else labels
+        bad = (lchk != ign) & ((lchk < 0) | (lchk >= C))
         if bool(bad.any()):
-            first = int(labels[bad].ravel()[0])
+            first = int(lchk[bad].ravel()[0])
             raise ValueError(f"cusoft.{fname}: target label {first} is out of bounds for "
                              f"{C} classes")
     elif tdt.kind == "f":
@@ -89,29 +99,30 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
                              f"logits {shape}, got {tuple(t.shape)}")
         if ignore_index is not None:
             raise ValueError(f"cusoft.{fname}: ignore_index needs integer class labels")
-        probs = t.astype(dt)
+        probs = v.astype(t, dt)
         ign = _NO_IGNORE
     else:
         raise TypeError(f"cusoft.{fname}: target must be integer labels or float "
                         f"probabilities, not {tdt}")
     w = None
     if weight is not None:
-        w = v.asarray_checked(fname, weight, kind, "weight").astype(dt)
+        w = v.astype(v.asarray_checked(fname, weight, kind, "weight"), dt)
         if tuple(w.shape) != (C,):
             raise ValueError(f"cusoft.{fname}: weight must have shape ({C},), got "
                              f"{tuple(w.shape)}")
-    x3, _ = v.to_canonical(xp, x.astype(dt, copy=False), (ax,))
+    x3, _ = v.to_canonical(xp, v.astype(x, dt), (ax,))
     outer, _, inner = x3.shape
     lab3 = None if labels is None else xp.ascontiguousarray(labels).reshape(outer, inner)
     prob3 = None if probs is None else v.to_canonical(xp, probs, (ax,))[0]
     # the reduction's factor, folded into the fused gradient
     if reduction == "mean":
         if labels is not None:
-            keep = lab3 != ign
-            if w is None:
+            lab, ww = (_host(lab3), _host(w)) if kind == "cuda" else (lab3, w)
+            keep = lab != ign
+            if ww is None:
                 den = float(keep.sum())
             else:
-                den = float((w[xp.where(keep, lab3, 0)] * keep).sum())
+                den = float((ww[lab * keep] * keep).sum())
         else:
             den = float(outer * inner)
         scale = 1.0 / den if den != 0 else float("nan")
@@ -124,6 +135,8 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
     elif outer * inner:
         loss3[...] = 0
     loss = loss3.reshape(rows_shape)
+    if reduction != "none" and kind == "cuda":
+        loss = _host(loss)  # Numba device arrays have no reductions; the result is a scalar
     if reduction == "sum":
         loss = loss.sum(dtype=dt)
     elif reduction == "mean":
