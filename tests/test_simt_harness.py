@@ -43,6 +43,25 @@ __global__ void block_sum(const T* x, T* out, int n) {
     if (t == 0) out[blockIdx.x] = s[0];
 }
 
+// Each thread stores its value, the warps reduce with shuffles, then thread 0 adds up the
+// stored values.  SYNC=false drops the barrier before that read; a warp-synchronous scheduler
+// that keeps all warps in step would never notice, because every store precedes every shuffle.
+template <bool SYNC>
+__global__ void stored_then_shuffled(const float* x, float* out, float* warp_sums) {
+    CUSOFT_DYN_SMEM(float, s);
+    unsigned t = threadIdx.x;
+    float v = x[blockIdx.x * blockDim.x + t];
+    s[t] = v;
+    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (t % 32 == 0) warp_sums[blockIdx.x * (blockDim.x / 32) + t / 32] = v;
+    if (SYNC) __syncthreads();
+    if (t == 0) {
+        float total = 0;
+        for (unsigned i = 0; i < blockDim.x; ++i) total += s[i];
+        out[blockIdx.x] = total;
+    }
+}
+
 // Every shuffle kind of one value per thread; out holds 4 planes of blockDim*gridDim.
 template <typename T>
 __global__ void shuffles(const T* x, T* out, int arg, int width) {
@@ -255,7 +274,8 @@ extern "C" __global__ void say_hello(int* y) {
 """
 
 NAMES = [
-    "where_am_i", "block_sum<float, true>", "block_sum<float, false>", "block_sum<double, true>",
+    "where_am_i", "stored_then_shuffled<true>", "stored_then_shuffled<false>",
+    "block_sum<float, true>", "block_sum<float, false>", "block_sum<double, true>",
     "shuffles<float>", "shuffles<double>", "shuffles<int>", "shuffles<unsigned int>",
     "shuffles<long long>", "shuffles<__half>", "segment_sum", "votes", "reverse_dyn", "read_stale",
     "atomics", "half_convert", "half_ops", "vector_io", "offsets64", "offsets32", "scale_oob",
@@ -553,6 +573,21 @@ def test_misaligned_vector_load_raises(mod):
     # a GPU faults with "misaligned address"; UBSan reports the same access
     with pytest.raises(simt.SimtError, match="misaligned address"):
         k(mod, "misaligned_vector_load")(1, 2, (np.zeros(12, np.float32), np.zeros(8, np.float32)))
+
+
+def test_missing_syncthreads_across_a_warp_intrinsic_gives_a_wrong_answer(mod):
+    x = np.random.default_rng(8).integers(-8, 8, (4, 256)).astype(np.float32)
+    wrong_seeds = []
+    for seed in SEEDS:
+        out = np.zeros(4, np.float32)
+        sums = np.zeros(32, np.float32)
+        k(mod, "stored_then_shuffled<true>")(4, 256, (x, out, sums), shared_mem=1024, seed=seed)
+        np.testing.assert_array_equal(out, x.sum(1))
+        np.testing.assert_array_equal(sums, x.reshape(-1, 32).sum(1))
+        k(mod, "stored_then_shuffled<false>")(4, 256, (x, out, sums), shared_mem=1024, seed=seed)
+        if not np.array_equal(out, x.sum(1)):
+            wrong_seeds.append(seed)
+    assert wrong_seeds, "the race of a missing __syncthreads went unnoticed for every seed"
 
 
 def test_shuffle_mask_without_the_calling_lane_raises(mod):

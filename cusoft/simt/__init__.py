@@ -28,9 +28,13 @@ How it works
   the whole block at ``__syncthreads``; every non-exited lane named in the mask of a warp
   intrinsic, which must all call the same intrinsic with the same mask (CUDA's rule; exited
   lanes and lanes past a partial last warp are skipped, but reading one is an error).  Lanes
-  exchange values with CUDA's ``width`` segment rules.  Between two releases, fibers run in an
-  order shuffled from the seed (``seed=`` / ``$CUSOFT_SIMT_SEED``), so a missing
-  ``__syncthreads`` changes the answer.  Blocks run one after another, in a seeded order.
+  exchange values with CUDA's ``width`` segment rules.  Everything random comes from the seed
+  (``seed=`` / ``$CUSOFT_SIMT_SEED``; equal seeds replay the same schedule): the order in which
+  released fibers run, and, per block, how far warps drift apart - all complete groups released
+  together (lockstep), each with probability 1/2, or one warp at a time in a random warp order
+  (``$CUSOFT_SIMT_SCHEDULE`` = lockstep / random / serial pins one).  So a missing
+  ``__syncthreads`` changes the answer, also when warp intrinsics separate the write from the
+  read.  Blocks run one after another, in a seeded order.
 * Errors raise :class:`SimtError` with the report attached (``.report``): ASan and UBSan
   reports, deadlocks (a thread that exits while others wait at ``__syncthreads``, no group able
   to proceed), a shuffle reading a lane outside the mask or an exited/missing lane, a calling

@@ -122,7 +122,7 @@ def available():
 
 def _cache_dir():
     d = os.environ.get("CUSOFT_SIMT_CACHE")
-    d = Path(d).expanduser() if d else Path.home() / ".cache" / "cusoft" / "simt"
+    d = Path(d).expanduser().resolve() if d else Path.home() / ".cache" / "cusoft" / "simt"
     d.mkdir(parents=True, exist_ok=True)
     return d
 

@@ -4,9 +4,10 @@
 // Scheduling.  Every thread of the running block is a fiber.  A fiber runs until it blocks on a
 // synchronisation call (or ends), then hands the CPU straight to the next fiber of the current
 // round.  When the round is empty every live fiber is blocked; the resolver then releases each
-// complete group (the whole block at __syncthreads, all lanes named in a warp intrinsic's mask),
-// and the released fibers form the next round, in an order shuffled from the launch seed.  If no
-// group can be released the launch is deadlocked, which is reported with each thread's position.
+// complete group (the whole block at __syncthreads, all lanes named in a warp intrinsic's mask,
+// a warp that has not started) or a seeded choice of them (see Schedule), and the released
+// fibers form the next round, in an order shuffled from the launch seed.  If no group can be
+// released the launch is deadlocked, which is reported with each thread's position.
 #include "simt.h"
 #include "simt_driver.h"
 
@@ -124,7 +125,7 @@ cusoft_simt_switch:
 )");
 #endif
 
-enum State { READY, WAIT_BLOCK, WAIT_WARP, DONE };
+enum State { WAIT_START, READY, WAIT_BLOCK, WAIT_WARP, DONE };
 
 struct Fiber {
     void* sp = nullptr;
@@ -431,24 +432,34 @@ unsigned active_mask() {
 // CUDA: every *non-exited* lane named in the mask must make the same call with the same mask.
 // Exited lanes (and lanes past the end of a partial last warp) are skipped, but reading a
 // value from one is undefined, and so an error here.
-static void resolve_warp_group(unsigned warp, Fiber& first, unsigned* handled) {
-    unsigned base = warp * 32;
-    unsigned mask = first.mask;
+static unsigned gone_lanes(unsigned warp, unsigned mask) {
     unsigned gone = 0;
-    for (unsigned l = 0; l < 32; ++l) {
-        if (!(mask >> l & 1u)) continue;
-        if (base + l >= g_nthreads || g_fibers[base + l].state == DONE) {
+    for (unsigned l = 0; l < 32; ++l)
+        if ((mask >> l & 1u) && (warp * 32 + l >= g_nthreads || g_fibers[warp * 32 + l].state == DONE))
             gone |= 1u << l;
-            continue;
-        }
+    return gone;
+}
+
+static bool warp_group_complete(unsigned warp, const Fiber& first) {
+    unsigned base = warp * 32;
+    unsigned live = first.mask & ~gone_lanes(warp, first.mask);
+    for (unsigned l = 0; l < 32; ++l) {
+        if (!(live >> l & 1u)) continue;
         Fiber& o = g_fibers[base + l];
-        if (o.state != WAIT_WARP || o.mask != mask || o.op != first.op) return;  // not all there yet
+        if (o.state != WAIT_WARP || o.mask != first.mask || o.op != first.op) return false;  // not all there yet
         if (o.width != first.width) {
             g_cur = &o;
             fail("%s at %s:%d: lanes of one call disagree on width (%d and %d)", op_name(o.op), o.file, o.line,
                  o.width, first.width);
         }
     }
+    return true;
+}
+
+static void release_warp_group(unsigned warp, Fiber& first) {
+    unsigned base = warp * 32;
+    unsigned mask = first.mask;
+    unsigned gone = gone_lanes(warp, mask);
     unsigned live = mask & ~gone;
     unsigned long long ballot = 0;
     for (unsigned l = 0; l < 32; ++l)
@@ -502,8 +513,23 @@ static void resolve_warp_group(unsigned warp, Fiber& first, unsigned* handled) {
     }
     for (unsigned l = 0; l < 32; ++l)
         if (live >> l & 1u) g_fibers[base + l].state = READY;
-    *handled |= mask;
 }
+
+// How the resolver releases the groups that could go on, chosen per block from the seed:
+// LOCKSTEP releases all (warps move together), RANDOM each with probability 1/2, SERIAL only
+// those of the first warp in a random warp order (one warp runs ahead until it blocks).  A
+// missing __syncthreads between warps shows up under RANDOM or SERIAL even when a warp
+// intrinsic separates the write from the read.
+enum Schedule { LOCKSTEP, RANDOM, SERIAL, MIXED };
+static Schedule g_schedule_setting = MIXED;
+static Schedule g_schedule = LOCKSTEP;
+static std::vector<unsigned> g_warp_rank;
+struct Candidate {
+    unsigned warp, lead;  // lead: a fiber of the warp group, or k_start for the warp's start
+};
+static const unsigned k_start = ~0u;
+static std::vector<Candidate> g_candidates;
+static std::vector<char> g_chosen;
 
 static void resolve() {
     unsigned waiting_block = 0, done = 0;
@@ -539,14 +565,50 @@ static void resolve() {
         }
         return;
     }
+    // Groups that could go on: a warp not started yet, or a complete warp-intrinsic call.
+    g_candidates.clear();
     unsigned nwarps = (g_nthreads + 31) / 32;
     for (unsigned w = 0; w < nwarps; ++w) {
         unsigned handled = 0;
+        bool start = false;
         for (unsigned l = 0; l < 32 && w * 32 + l < g_nthreads; ++l) {
             Fiber& f = g_fibers[w * 32 + l];
+            if (f.state == WAIT_START) start = true;
             if (f.state != WAIT_WARP || (handled >> l & 1u)) continue;
-            resolve_warp_group(w, f, &handled);
             handled |= 1u << l;
+            if (warp_group_complete(w, f)) {
+                handled |= f.mask;
+                g_candidates.push_back(Candidate{w, w * 32 + l});
+            }
+        }
+        if (start) g_candidates.push_back(Candidate{w, k_start});
+    }
+    if (g_candidates.empty()) return;
+    // Which of them go on now decides how far warps drift apart (see Schedule).
+    size_t n = g_candidates.size();
+    g_chosen.assign(n, 0);
+    if (g_schedule == LOCKSTEP) {
+        g_chosen.assign(n, 1);
+    } else if (g_schedule == SERIAL) {
+        unsigned best = ~0u;
+        for (size_t i = 0; i < n; ++i) {
+            unsigned rank = g_warp_rank[g_candidates[i].warp];
+            best = rank < best ? rank : best;
+        }
+        for (size_t i = 0; i < n; ++i) g_chosen[i] = g_warp_rank[g_candidates[i].warp] == best;
+    } else {
+        bool any = false;
+        for (size_t i = 0; i < n; ++i) any |= (g_chosen[i] = static_cast<char>(g_rng.next() >> 63));
+        if (!any) g_chosen[g_rng.below(static_cast<unsigned>(n))] = 1;
+    }
+    for (size_t i = 0; i < n; ++i) {
+        if (!g_chosen[i]) continue;
+        const Candidate& c = g_candidates[i];
+        if (c.lead == k_start) {
+            for (unsigned l = 0; l < 32 && c.warp * 32 + l < g_nthreads; ++l)
+                if (g_fibers[c.warp * 32 + l].state == WAIT_START) g_fibers[c.warp * 32 + l].state = READY;
+        } else {
+            release_warp_group(c.warp, g_fibers[c.lead]);
         }
     }
 }
@@ -557,21 +619,24 @@ void* dynamic_smem_ptr() { return g_dyn_smem; }
 static void run_block(unsigned long long seed, unsigned long long block_linear) {
     g_rng.s = seed ^ (0x632be59bd9b4e019ULL * (block_linear + 1));
     g_rng.next();
+    g_schedule = g_schedule_setting == MIXED ? static_cast<Schedule>(g_rng.below(3)) : g_schedule_setting;
+    unsigned nwarps = (g_nthreads + 31) / 32;
+    g_warp_rank.resize(nwarps);
+    for (unsigned w = 0; w < nwarps; ++w) g_warp_rank[w] = w;
+    for (unsigned w = nwarps; w > 1; --w) {
+        unsigned j = g_rng.below(w);
+        unsigned t = g_warp_rank[w - 1];
+        g_warp_rank[w - 1] = g_warp_rank[j];
+        g_warp_rank[j] = t;
+    }
     for (unsigned i = 0; i < g_nthreads; ++i) {
         Fiber& f = g_fibers[i];
-        f.state = READY;
+        f.state = WAIT_START;
         f.op = 0;
         f.result = 0;
         prepare_fiber(f);
     }
-    g_round.resize(g_nthreads);
-    for (unsigned i = 0; i < g_nthreads; ++i) g_round[i] = i;
-    for (size_t i = g_round.size(); i > 1; --i) {
-        size_t j = g_rng.below(static_cast<unsigned>(i));
-        unsigned t = g_round[i - 1];
-        g_round[i - 1] = g_round[j];
-        g_round[j] = t;
-    }
+    g_round.clear();
     g_round_pos = 0;
     Fiber* first = pick_next();
     if (first) switch_to(nullptr, first, false);
@@ -688,6 +753,11 @@ int serve(int argc, char** argv, const KernelEntry* table, unsigned count) {
     }
     setvbuf(g_in, nullptr, _IOFBF, 1 << 20);
     setvbuf(g_out, nullptr, _IOFBF, 1 << 20);
+    if (const char* sched = getenv("CUSOFT_SIMT_SCHEDULE")) {
+        if (!strcmp(sched, "lockstep")) detail::g_schedule_setting = detail::LOCKSTEP;
+        else if (!strcmp(sched, "random")) detail::g_schedule_setting = detail::RANDOM;
+        else if (!strcmp(sched, "serial")) detail::g_schedule_setting = detail::SERIAL;
+    }
     if (const char* kb = getenv("CUSOFT_SIMT_STACK_KB")) {
         long v = atol(kb);
         if (v >= 16) detail::g_stack_bytes = static_cast<size_t>(v) * 1024;
