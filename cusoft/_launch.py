@@ -120,6 +120,12 @@ def _check_variant(variant, allowed):
         raise ValueError(f"variant {variant!r} is not one of {allowed}")
 
 
+def _check_threads(threads, bound, variant):
+    if threads is not None and not (32 <= threads <= bound and threads % 32 == 0):
+        raise ValueError(f"threads={threads} for variant {variant!r}: use a multiple of 32 "
+                         f"between 32 and {bound} (the kernel's launch bound)")
+
+
 def _split_shape(rows, n, limits, chunk_len):
     """(chunks per row, chunk length) for the split variants; chunk starts stay 16-byte
     aligned relative to the row start (chunk_len is a multiple of 16 elements)."""
@@ -161,6 +167,8 @@ def launch_softmax(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=N
             variant = "online"
     if inner > 1 and variant not in ("col", "3pass"):
         raise ValueError(f"variant {variant!r} needs the row layout (inner == 1), got inner={inner}")
+    if variant != "col":
+        _check_threads(threads, 256 if variant in ("warp", "3pass") else MAX_BLOCK, variant)
 
     if variant == "3pass":
         t = threads or 256
@@ -244,6 +252,8 @@ def _reduce_plan(op, outer, n, inner, dtype, limits, variant, threads, chunk_len
     if n == 0:
         return Plan("empty-rows", ())   # the backend fills the SciPy values for n == 0
     variant = _reduce_variant(outer, n, inner, limits, variant)
+    if variant != "col":
+        _check_threads(threads, 256 if variant == "warp" else MAX_BLOCK, variant)
     cap = _grid_cap(limits)
     xb = ("x", "b", "has_b")
     if variant == "col":
