@@ -716,6 +716,16 @@ def test_compile_error_is_reported():
                         name_expressions=["broken"]).compile()
 
 
+def test_unknown_name_fails_without_breaking_the_module():
+    m = simt.SimtModule(code='extern "C" __global__ void one(int* y) { y[0] = 1; }',
+                        name_expressions=["one"])
+    with pytest.raises(simt.SimtCompileError):
+        m.get_function("two")
+    y = np.zeros(1, np.int32)
+    m.get_function("one")(1, 1, (y,))
+    assert y[0] == 1
+
+
 def test_options_and_raw_kernel():
     code = 'extern "C" __global__ void fill(int* y) { y[threadIdx.x] = VALUE + (USE_ARCH_FLAG); }'
     kern = simt.SimtRawKernel(code, "fill", options=("-DVALUE=7", "--use_fast_math", "-arch=sm_90",

@@ -306,7 +306,10 @@ class _Server:
         try:
             self._read_signatures(time.monotonic() + 60)
         except _ServerDied:
-            raise self._failure("starting the kernel process", None)
+            raise self._failure("starting the kernel process", None) from None
+        except TimeoutError:
+            self._cleanup()
+            raise SimtError(f"simt: {self.exe} did not start within 60 s") from None
 
     def _read_signatures(self, deadline):
         magic, version, count = struct.unpack("=4sII", self._read(12, deadline))
@@ -541,6 +544,7 @@ class SimtModule:
         self._flags, incs = _parse_options(self.options)
         self.include_dirs = tuple(os.path.abspath(d) for d in include_dirs) + tuple(incs)
         self._names = list(dict.fromkeys(name_expressions or ()))
+        self._declared = frozenset(self._names)
         self._lock = threading.Lock()
         self._exe = None
         self._functions = {}
@@ -604,7 +608,12 @@ class SimtModule:
                 self._names.append(name)
                 self._exe = None
             if self._exe is None:
-                self._exe = self._build()
+                try:
+                    self._exe = self._build()
+                except SimtCompileError:
+                    if name not in self._declared:  # a bad late name must not poison the module
+                        self._names.remove(name)
+                    raise
             srv = _server_for(str(self._exe))
         with srv.lock:
             srv.ensure()
@@ -615,8 +624,8 @@ class SimtModule:
         """The kernel ``name`` (a name expression) as a callable :class:`SimtFunction`."""
         fn = self._functions.get(name)
         if fn is None:
-            fn = self._functions[name] = SimtFunction(self, name)
             self._signature(name)  # build now, so compile errors surface here as with CuPy
+            fn = self._functions[name] = SimtFunction(self, name)
         return fn
 
 
