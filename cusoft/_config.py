@@ -70,8 +70,9 @@ def show_config(file=None):
 def precompile():
     """Compile every RawKernel instantiation for the current device now, not on first use.
 
-    CuPy keeps ``name_expressions`` modules only in memory, so this is a per-process
-    warm-up; the NVRTC output of plain modules is cached under ``CUPY_CACHE_DIR``."""
+    CuPy writes the compiled modules (with their name expressions) to its disk cache,
+    ``CUPY_CACHE_DIR`` (default ``~/.cupy/kernel_cache``), so later processes load them
+    instead of compiling; each process still loads them once per device."""
     ok, why = _dispatch.probe("cupy")
     if not ok:
         raise _dispatch.BackendError(f"backend 'cupy' is not usable here: {why}")

@@ -8,7 +8,7 @@ from . import _dispatch
 from . import _validate as v
 
 
-def softmax(x, axis=None, *, out=None, backend=None):
+def softmax(x, axis=None, *, out=None, backend=None, method=None):
     """Softmax of ``x`` along ``axis``: ``exp(x) / sum(exp(x), axis)``.
 
     Drop-in for :func:`scipy.special.softmax` (same defaults, axis rules and special
@@ -25,6 +25,10 @@ def softmax(x, axis=None, *, out=None, backend=None):
         It may be ``x`` itself.
     backend : {"cpu", "cupy", "numba", "simt", "dask"}, optional
         Override the backend chosen from the array type (see ``cusoft.use_backend``).
+    method : {None, "fused", "3pass", "warp", "block", "online", "split", "col"}, optional
+        RawKernel backends (``cupy``, ``simt``) only: ``"3pass"`` is the unfused baseline
+        (row max, exp-sum, divide: three kernels, intermediates in device memory); a variant
+        name forces that fused kernel.  ``None``/``"fused"`` picks by row length.
 
     Returns
     -------
@@ -32,26 +36,36 @@ def softmax(x, axis=None, *, out=None, backend=None):
     floating type ``np.exp`` gives them (as in SciPy).  Computed with the max subtracted,
     half precision accumulated in float32.
     """
-    return _softmax_like("softmax", x, axis, out, backend, log=False)
+    return _softmax_like("softmax", x, axis, out, backend, log=False, method=method)
 
 
-def log_softmax(x, axis=None, *, out=None, backend=None):
+def log_softmax(x, axis=None, *, out=None, backend=None, method=None):
     """Logarithm of softmax, ``x - logsumexp(x, axis)``, without computing ``log(softmax)``.
 
     Drop-in for :func:`scipy.special.log_softmax`, including its special values: a slice
     with NaN or all -inf is all NaN; a slice with +inf is NaN at the +inf elements and
     -inf elsewhere.  Parameters as :func:`cusoft.softmax`.
     """
-    return _softmax_like("log_softmax", x, axis, out, backend, log=True)
+    return _softmax_like("log_softmax", x, axis, out, backend, log=True, method=method)
 
 
-def _softmax_like(fname, x, axis, out, backend, log):
+_METHODS = (None, "fused", "3pass", "warp", "block", "online", "split", "col")
+
+
+def _softmax_like(fname, x, axis, out, backend, log, method=None):
+    if method not in _METHODS:
+        raise ValueError(f"cusoft.{fname}: method must be one of {_METHODS}, not {method!r}")
     name = _dispatch.choose(x, backend)
     if name == "dask":
         from . import _dask
 
         return _dask.softmax(x, axis, log=log, out=out)
     be = _dispatch.get_backend(name)
+    if method not in (None, "fused"):
+        if name not in ("cupy", "simt"):
+            raise ValueError(f"cusoft.{fname}: method={method!r} needs a RawKernel backend "
+                             f"('cupy' or 'simt'), not {name!r}")
+        be = type(be)(variant=method)
     kind = _dispatch.KIND[name]
     user_kind = _dispatch.array_kind(x)
     xk = v.asarray_checked(fname, x, kind)

@@ -164,3 +164,12 @@ def test_noncontiguous_and_fortran_input():
     for x in (base[:, ::2, 1], np.asfortranarray(base[:, :, 0]), base.transpose(2, 0, 1)):
         for axis in (0, -1, None, (0, 1)):
             assert_close(cusoft.softmax(x, axis=axis), _ref(sp.softmax, x, axis), np.float64)
+
+
+def test_method_argument():
+    x = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="method must be"):
+        cusoft.softmax(x, method="fast")
+    with pytest.raises(ValueError, match="RawKernel backend"):
+        cusoft.softmax(x, method="3pass")
+    np.testing.assert_allclose(cusoft.softmax(x, axis=1, method="fused"), 1 / 3)
