@@ -264,19 +264,33 @@ inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b)
 }
 
 // ---- min / max ---------------------------------------------------------------------------------
-// CUDA overloads min/max for every arithmetic pair with the usual arithmetic conversions.
-template <class A, class B,
-          class = typename std::enable_if<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>::type>
-inline typename std::common_type<A, B>::type min(A a, B b) {
-    typedef typename std::common_type<A, B>::type C;
-    return static_cast<C>(b) < static_cast<C>(a) ? static_cast<C>(b) : static_cast<C>(a);
-}
-template <class A, class B,
-          class = typename std::enable_if<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>::type>
-inline typename std::common_type<A, B>::type max(A a, B b) {
-    typedef typename std::common_type<A, B>::type C;
-    return static_cast<C>(a) < static_cast<C>(b) ? static_cast<C>(b) : static_cast<C>(a);
-}
+// CUDA's exact overload set, so a call that is ambiguous for nvcc (max(float, int),
+// min(int, long long)) fails to compile here too.  Mixed signedness compares as unsigned;
+// the floating-point ones ignore a NaN like fminf/fmaxf.
+#define CUSOFT_SIMT_MINMAX(R, A, B)                                                             \
+    inline R min(A a, B b) { return static_cast<R>(a) < static_cast<R>(b) ? static_cast<R>(a) : static_cast<R>(b); } \
+    inline R max(A a, B b) { return static_cast<R>(a) < static_cast<R>(b) ? static_cast<R>(b) : static_cast<R>(a); }
+CUSOFT_SIMT_MINMAX(int, int, int)
+CUSOFT_SIMT_MINMAX(unsigned int, unsigned int, unsigned int)
+CUSOFT_SIMT_MINMAX(unsigned int, int, unsigned int)
+CUSOFT_SIMT_MINMAX(unsigned int, unsigned int, int)
+CUSOFT_SIMT_MINMAX(long, long, long)
+CUSOFT_SIMT_MINMAX(unsigned long, unsigned long, unsigned long)
+CUSOFT_SIMT_MINMAX(unsigned long, long, unsigned long)
+CUSOFT_SIMT_MINMAX(unsigned long, unsigned long, long)
+CUSOFT_SIMT_MINMAX(long long, long long, long long)
+CUSOFT_SIMT_MINMAX(unsigned long long, unsigned long long, unsigned long long)
+CUSOFT_SIMT_MINMAX(unsigned long long, long long, unsigned long long)
+CUSOFT_SIMT_MINMAX(unsigned long long, unsigned long long, long long)
+#undef CUSOFT_SIMT_MINMAX
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); }
+inline double max(double a, double b) { return fmax(a, b); }
+inline double min(float a, double b) { return fmin(a, b); }
+inline double max(float a, double b) { return fmax(a, b); }
+inline double min(double a, float b) { return fmin(a, b); }
+inline double max(double a, float b) { return fmax(a, b); }
 inline unsigned int umin(unsigned a, unsigned b) { return a < b ? a : b; }
 inline unsigned int umax(unsigned a, unsigned b) { return a < b ? b : a; }
 inline long long llmin(long long a, long long b) { return a < b ? a : b; }
