@@ -751,6 +751,7 @@ int serve(int argc, char** argv, const KernelEntry* table, unsigned count) {
         fprintf(stderr, "cannot open the request/reply descriptors\n");
         return 2;
     }
+    setvbuf(stdout, nullptr, _IOLBF, 0);  // kernel printf output survives a crash that follows it
     setvbuf(g_in, nullptr, _IOFBF, 1 << 20);
     setvbuf(g_out, nullptr, _IOFBF, 1 << 20);
     if (const char* sched = getenv("CUSOFT_SIMT_SCHEDULE")) {
