@@ -680,7 +680,7 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
         fn = functools.partial(_xent_block, axis=ax, ignore_index=ignore_index,
                                eps=float(label_smoothing), want_grad=return_grad)
         lchunks = tuple((1,) if i == ax else c for i, c in enumerate(x.chunks))
-        targ = (t, tidx) if labels else (t, idx)
+        targ = (t, tidx)
         if return_grad:
             pair = da.blockwise(fn, idx, x, idx, *targ, *wargs, dtype=dt, align_arrays=False,
                                 meta=_meta(x, x.ndim, dt), token="cusoft-xent")
@@ -711,13 +711,12 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
         grad = None
         if return_grad:
             tot = terms[sl1].sum(axis=ax, keepdims=True, split_every=SPLIT_EVERY)
-            gw = w if w is not None else None
             fn = functools.partial(_xent_grad, dtype=dt, **kw)
             scale_arg = (scale, ()) if _is_dask(scale) else (scale, None)
             grad = da.blockwise(fn, idx, x, idx, *targ, st, idx, cls, (ax,),
-                                *((gw, (ax,)) if gw is not None else (None, None)),
-                                tot, idx, *scale_arg, dtype=dt, align_arrays=False,
-                                meta=_meta(x, x.ndim, dt), token="cusoft-xent-grad")
+                                *(wargs or (None, None)), tot, idx, *scale_arg, dtype=dt,
+                                align_arrays=False, meta=_meta(x, x.ndim, dt),
+                                token="cusoft-xent-grad")
     if reduction == "sum":
         loss = loss.sum(dtype=dt)
     elif reduction == "mean":

@@ -17,6 +17,8 @@ from conftest import assert_close, gpu_reason
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
+from dask.callbacks import Callback  # noqa: E402  (after the importorskip)
+from dask.core import flatten, get_dependencies  # noqa: E402
 
 inf, nan = np.inf, np.nan
 
@@ -367,7 +369,7 @@ def test_cross_entropy_dask_weight_float32_and_bad_label():
 
 # -- the shape of the graph ---------------------------------------------------------------
 
-class _Sizes(dask.callbacks.Callback):
+class _Sizes(Callback):
     """Records the bytes each task returned (dict states: the sum of their arrays)."""
 
     def __init__(self):
@@ -385,10 +387,8 @@ class _Sizes(dask.callbacks.Callback):
 def _graph_checks(res, x):
     """No task returns more than a chunk; a task reads at most one input chunk, and the
     tasks that depend on many others are the (tiny) state merges."""
-    from dask.core import get_dependencies
-
     chunk_bytes = math.prod(max(c) for c in x.chunks) * x.dtype.itemsize
-    inputs = set(dask.core.flatten(x.__dask_keys__()))
+    inputs = set(flatten(x.__dask_keys__()))
     dsk = dict(res.__dask_graph__())
     split = dask.config.get("split_every", 4) or 4
     for key in dsk:
@@ -405,7 +405,7 @@ def _graph_checks(res, x):
               and not (get_dependencies(dsk, k) & inputs)]
     assert merges, "expected merge tasks"
     # merge tasks hold states: a few floats per row, never a chunk of data
-    final = set(dask.core.flatten(res.__dask_keys__()))
+    final = set(flatten(res.__dask_keys__()))
     for k in merges:
         if k not in final:
             assert sizes.nbytes[k] <= chunk_bytes // 16, (k, sizes.nbytes[k])
