@@ -22,6 +22,11 @@ softmax, variant        when
 ======================  =====================================================================
 
 logsumexp / partial: ``col`` for inner > 1, ``warp`` for n <= 2048, ``split`` as above,
+otherwise ``block``.
+
+softmax_backward (``kernels_cu/backward.cu``): ``col`` for inner > 1, ``warp`` for n <= 1024
+(y and dy in registers), ``split`` as above, otherwise ``block`` (two streaming reads).
+cross_entropy (``kernels_cu/xent.cu``): ``col`` for inner > 1, ``warp`` for n <= 512,
 otherwise ``block``.  ``variant=`` forces a variant (tests use it at small sizes); ``threads``
 and ``chunk_len`` override the block size and the split chunk length.
 """
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from cusoft._cupy._module import WARP_K, kname
+from cusoft._cupy._module import BWD_WARP_K, WARP_K, XENT_WARP_K, kname
 
 #: Bytes at the start of dynamic shared memory used by block reductions (kScratchBytes).
 SCRATCH_BYTES = 1024
@@ -45,8 +50,13 @@ SPLIT_MIN_CHUNK = 2048
 MAX_BLOCK = 512
 WARP_BLOCK = 128
 
+BWD_WARP_MAX_N = 32 * max(BWD_WARP_K)
+XENT_WARP_MAX_N = 32 * max(XENT_WARP_K)
+
 SOFTMAX_VARIANTS = ("3pass", "warp", "block", "online", "split", "col")
 REDUCE_VARIANTS = ("warp", "block", "split", "col")
+BACKWARD_VARIANTS = ("warp", "block", "split", "col")
+XENT_VARIANTS = ("warp", "block", "col")
 
 
 @dataclass(frozen=True)
@@ -299,10 +309,128 @@ def launch_partial(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, 
                         ("m", "c", "r"))
 
 
-def all_kernel_names(plan_fns=None):
-    """Every name expression some plan can launch (for the consistency test)."""
+def _row_variant(inner, n, rows, limits, variant, allowed, warp_max, split=False):
+    _check_variant(variant, allowed)
+    if variant is None:
+        if inner > 1:
+            variant = "col"
+        elif n <= warp_max:
+            variant = "warp"
+        elif split and n >= SPLIT_MIN_N and rows < 2 * limits.sm_count:
+            variant = "split"
+        else:
+            variant = "block"
+    if inner > 1 and variant != "col":
+        raise ValueError(f"variant {variant!r} needs the row layout (inner == 1), got inner={inner}")
+    if variant == "warp" and n > warp_max:
+        raise ValueError(f"variant 'warp' handles n <= {warp_max}, got n={n}")
+    return variant
+
+
+def launch_backward(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=None,
+                    threads=None, chunk_len=None):
+    """Plan for the softmax (log=False) or log_softmax (log=True) gradient.  Arrays: y, dy,
+    out (out may be y or dy); workspace ws (split only)."""
+    dtype = numpy.dtype(dtype)
+    acc = acc_dtype(dtype)
+    log = bool(log)
+    rows = outer * inner
+    if rows == 0 or n == 0:
+        return Plan("empty", ())
+    variant = _row_variant(inner, n, rows, limits, variant, BACKWARD_VARIANTS, BWD_WARP_MAX_N,
+                           split=True)
+    if variant != "col":
+        _check_threads(threads, 256 if variant == "warp" else MAX_BLOCK, variant)
+    cap = _grid_cap(limits)
+    if variant == "col":
+        bx, by, shared = _col_shape(n, inner, acc.itemsize, threads)
+        tiles = outer * _cdiv(inner, bx)
+        return Plan(variant, (Launch(kname("softmax_bwd_col", dtype, log), (min(tiles, cap), 1, 1),
+                                     (bx, by, 1), shared,
+                                     ("y", "dy", "out", _i64(outer), _i64(n), _i64(inner))),))
+    if variant == "warp":
+        k = next(k for k in BWD_WARP_K if 32 * k >= n)
+        t = threads or WARP_BLOCK
+        return Plan(variant, (Launch(kname("softmax_bwd_warp", dtype, log, k),
+                                     (min(_cdiv(rows, t // 32), cap), 1, 1), (t, 1, 1), 0,
+                                     ("y", "dy", "out", _i64(rows), _i64(n))),))
+    if variant == "block":
+        t = threads or (256 if n < SPLIT_MIN_N else MAX_BLOCK)
+        return Plan(variant, (Launch(kname("softmax_bwd_block", dtype, log), (min(rows, cap), 1, 1),
+                                     (t, 1, 1), SCRATCH_BYTES,
+                                     ("y", "dy", "out", _i64(rows), _i64(n))),))
+    t = threads or MAX_BLOCK
+    chunks, clen = _split_shape(rows, n, limits, chunk_len)
+    grid = (min(rows * chunks, cap), 1, 1)
+    return Plan(variant, (
+        Launch(kname("softmax_bwd_split_stats", dtype, log), grid, (t, 1, 1), SCRATCH_BYTES,
+               ("y", "dy", "ws", _i64(rows), _i64(n), _i64(chunks), _i64(clen))),
+        Launch(kname("softmax_bwd_split_apply", dtype, log), grid, (t, 1, 1), SCRATCH_BYTES,
+               ("y", "dy", "ws", "out", _i64(rows), _i64(n), _i64(chunks), _i64(clen))),
+    ), {"ws": (rows * chunks, acc)})
+
+
+#: Argument names of every xent kernel before its shape arguments (see kernels_cu/xent.cu).
+#: Flags and scalars are named too: the backend binds has_probs, has_weight, has_grad (int32),
+#: ignore_index (int64), smoothing and grad_scale (the accumulation dtype).
+XENT_ARGS = ("x", "labels", "probs", "has_probs", "weight", "has_weight", "ignore_index",
+             "smoothing", "loss", "grad", "has_grad", "grad_scale")
+
+
+def launch_xent(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, threads=None):
+    """Plan for the fused cross-entropy of logits x (outer, n, inner): loss (outer, inner)
+    and, when asked, grad like x."""
+    dtype = numpy.dtype(dtype)
+    acc = acc_dtype(dtype)
+    rows = outer * inner
+    if rows == 0:
+        return Plan("empty", ())
+    if n == 0:
+        return Plan("empty-rows", ())   # the backend writes loss 0
+    variant = _row_variant(inner, n, rows, limits, variant, XENT_VARIANTS, XENT_WARP_MAX_N)
+    if variant != "col":
+        _check_threads(threads, 256 if variant == "warp" else MAX_BLOCK, variant)
+    cap = _grid_cap(limits)
+    if variant == "col":
+        bx, by, shared = _col_shape(n, inner, 3 * acc.itemsize, threads)
+        tiles = outer * _cdiv(inner, bx)
+        return Plan(variant, (Launch(kname("xent_col", dtype), (min(tiles, cap), 1, 1), (bx, by, 1),
+                                     shared, XENT_ARGS + (_i64(outer), _i64(n), _i64(inner))),))
+    if variant == "warp":
+        k = next(k for k in XENT_WARP_K if 32 * k >= n)
+        t = threads or WARP_BLOCK
+        return Plan(variant, (Launch(kname("xent_warp", dtype, k),
+                                     (min(_cdiv(rows, t // 32), cap), 1, 1), (t, 1, 1), 0,
+                                     XENT_ARGS + (_i64(rows), _i64(n))),))
+    t = threads or (256 if n < SPLIT_MIN_N else MAX_BLOCK)
+    return Plan(variant, (Launch(kname("xent_block", dtype), (min(rows, cap), 1, 1), (t, 1, 1),
+                                 SCRATCH_BYTES, XENT_ARGS + (_i64(rows), _i64(n))),))
+
+
+def all_kernel_names(file="softmax.cu"):
+    """Every name expression some plan can launch from one op file (for the consistency
+    test: each must be instantiated by ``_module.name_expressions(file)``)."""
     names = set()
-    for dt in ("float16", "float32", "float64"):
+    dts = ("float16", "float32", "float64")
+    if file == "backward.cu":
+        for dt in dts:
+            for log in (False, True):
+                for v in BACKWARD_VARIANTS:
+                    inner = 3 if v == "col" else 1
+                    for n in ((1, 33, 100, 300, 700, 1000) if v == "warp" else (5000,)):
+                        p = launch_backward(2, n, inner, dt, log, variant=v, chunk_len=1024)
+                        names.update(la.kernel for la in p.launches)
+        return names
+    if file == "xent.cu":
+        for dt in dts:
+            for v in XENT_VARIANTS:
+                inner = 3 if v == "col" else 1
+                for n in ((1, 33, 100, 300, 700, 1000) if v == "warp" else (5000,)):
+                    names.update(la.kernel for la in launch_xent(2, n, inner, dt, variant=v).launches)
+        return names
+    if file != "softmax.cu":
+        raise KeyError(file)
+    for dt in dts:
         for log in (False, True):
             for v in SOFTMAX_VARIANTS:
                 inner = 3 if v == "col" else 1

@@ -30,8 +30,12 @@ CTYPE = {"float16": "__half", "float32": "float", "float64": "double"}
 #: Register-cache widths of ``softmax_fwd_warp`` (elements per lane); n <= 32 * max.
 WARP_K = (1, 2, 4, 8, 16, 32)
 
+#: Register-cache widths of ``softmax_bwd_warp`` and ``xent_warp`` (elements per lane).
+BWD_WARP_K = (1, 2, 4, 8, 16, 32)
+XENT_WARP_K = (1, 2, 4, 8, 16)  # 32 doubles per lane spilled
+
 #: The op files of this module.
-SOURCES = ("softmax.cu",)
+SOURCES = ("softmax.cu", "backward.cu", "xent.cu")
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
@@ -108,22 +112,55 @@ _PER_DTYPE_LOG = ("softmax_divide", "softmax_fwd_block", "softmax_fwd_online",
                   "softmax_fwd_split_apply", "softmax_fwd_col")
 
 
+_BWD_PER_DTYPE_LOG = ("softmax_bwd_block", "softmax_bwd_split_stats", "softmax_bwd_split_apply",
+                      "softmax_bwd_col")
+_XENT_PER_DTYPE = ("xent_block", "xent_col")
+
+
 @functools.lru_cache(maxsize=None)
 def _name_expressions(name):
-    if name != "softmax.cu":
-        raise KeyError(name)
     out = []
-    for dt in CTYPE:
-        out += [kname(b, dt) for b in _PER_DTYPE]
-        for log in (False, True):
-            out += [kname(b, dt, log) for b in _PER_DTYPE_LOG]
-            out += [kname("softmax_fwd_warp", dt, log, k) for k in WARP_K]
+    if name == "softmax.cu":
+        for dt in CTYPE:
+            out += [kname(b, dt) for b in _PER_DTYPE]
+            for log in (False, True):
+                out += [kname(b, dt, log) for b in _PER_DTYPE_LOG]
+                out += [kname("softmax_fwd_warp", dt, log, k) for k in WARP_K]
+    elif name == "backward.cu":
+        for dt in CTYPE:
+            for log in (False, True):
+                out += [kname(b, dt, log) for b in _BWD_PER_DTYPE_LOG]
+                out += [kname("softmax_bwd_warp", dt, log, k) for k in BWD_WARP_K]
+    elif name == "xent.cu":
+        for dt in CTYPE:
+            out += [kname(b, dt) for b in _XENT_PER_DTYPE]
+            out += [kname("xent_warp", dt, k) for k in XENT_WARP_K]
+    else:
+        raise KeyError(f"{name!r} is not one of the op files {SOURCES}")
     return tuple(out)
 
 
 def name_expressions(name="softmax.cu"):
     """Every template instantiation of one op file, as a tuple of C++ name expressions."""
     return _name_expressions(name)
+
+
+def all_name_expressions():
+    """{name expression: op file} over every file of :data:`SOURCES`."""
+    return dict(_file_map())
+
+
+@functools.lru_cache(maxsize=None)
+def _file_map():
+    return {e: f for f in SOURCES for e in _name_expressions(f)}
+
+
+def file_of(name_expression):
+    """The op file that instantiates ``name_expression`` (KeyError if none does)."""
+    try:
+        return _file_map()[name_expression]
+    except KeyError:
+        raise KeyError(f"no op file of {SOURCES} instantiates {name_expression!r}") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -155,5 +192,6 @@ def get_module(name="softmax.cu"):
     return mod
 
 
-def get_function(name_expression, file="softmax.cu"):
-    return get_module(file).get_function(name_expression)
+def get_function(name_expression, file=None):
+    """A kernel of the op file that instantiates it (or of ``file`` when given)."""
+    return get_module(file or file_of(name_expression)).get_function(name_expression)

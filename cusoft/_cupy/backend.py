@@ -13,6 +13,7 @@ import numpy
 
 from cusoft import _launch
 from cusoft._backend import Backend
+from cusoft._cupy import _module
 
 
 class KernelBackend(Backend):
@@ -35,8 +36,23 @@ class KernelBackend(Backend):
 
     # -- what a subclass provides --------------------------------------------------------
     def _function(self, name_expression):
-        """A callable ``f(grid, block, args, shared_mem=n)``."""
+        """A callable ``f(grid, block, args, shared_mem=n)`` (a kernel of softmax.cu)."""
         raise NotImplementedError
+
+    def _function_in(self, file, name_expression):
+        """The kernel ``name_expression`` of op file ``file``.  Default: :meth:`_function`
+        for softmax.cu; for the other files, the ``get_module(file)`` function of the module
+        that defines the subclass (``cusoft/simt/backend.py`` has one).  A subclass may
+        override this instead."""
+        if file == _module.SOURCES[0]:
+            return self._function(name_expression)
+        import sys
+
+        getter = getattr(sys.modules[type(self).__module__], "get_module", None)
+        if getter is None:
+            raise NotImplementedError(f"{type(self).__name__} cannot load {file}: override "
+                                      "_function_in(file, name_expression)")
+        return getter(file).get_function(name_expression)
 
     def _empty(self, like, count, dtype):
         raise NotImplementedError
@@ -51,7 +67,8 @@ class KernelBackend(Backend):
             named[ws] = self._empty(like, max(int(count), 1), dtype)
         for la in plan.launches:
             args = tuple(named[a] if isinstance(a, str) else a for a in la.args)
-            self._function(la.kernel)(la.grid, la.block, args, shared_mem=la.shared)
+            fn = self._function_in(_module.file_of(la.kernel), la.kernel)
+            fn(la.grid, la.block, args, shared_mem=la.shared)
 
     def softmax(self, x, out, log):
         outer, n, inner = x.shape
@@ -87,6 +104,40 @@ class KernelBackend(Backend):
                  "m": m, "c": c, "r": r}
         self._run(plan, named, x)
 
+    def softmax_backward(self, y, dy, out, log):
+        outer, n, inner = y.shape
+        plan = _launch.launch_backward(outer, n, inner, y.dtype, log, self._limits(),
+                                       **self.launch_options)
+        self._run(plan, {"y": y, "dy": dy, "out": out}, y)
+
+    def cross_entropy(self, x, labels, probs, weight, ignore_index, smoothing, loss, grad,
+                      grad_scale):
+        outer, n, inner = x.shape
+        opts = {k: v for k, v in self.launch_options.items() if k != "chunk_len"}
+        plan = _launch.launch_xent(outer, n, inner, x.dtype, self._limits(), **opts)
+        if plan.variant == "empty-rows":
+            loss[...] = 0   # no classes: every term of the sum is absent
+            return
+        acc = _launch.acc_dtype(x.dtype).type
+        # The kernels take grad_scale as one scalar (the public functions pass a Python
+        # float); a per-row array is applied afterwards, on the gradient it scales.
+        row_scale = None if numpy.ndim(grad_scale) == 0 else grad_scale
+        named = {
+            "x": x,
+            # placeholders for absent optional arrays (flags say which are real)
+            "labels": labels if labels is not None else self._empty(x, 1, numpy.int64),
+            "probs": x if probs is None else probs, "has_probs": numpy.int32(probs is not None),
+            "weight": x if weight is None else weight,
+            "has_weight": numpy.int32(weight is not None),
+            "ignore_index": numpy.int64(ignore_index), "smoothing": acc(smoothing),
+            "loss": loss, "grad": x if grad is None else grad,
+            "has_grad": numpy.int32(grad is not None),
+            "grad_scale": acc(1.0 if row_scale is not None else float(grad_scale)),
+        }
+        self._run(plan, named, x)
+        if grad is not None and row_scale is not None:
+            grad *= row_scale.reshape(outer, 1, inner).astype(grad.dtype, copy=False)
+
 
 class CupyBackend(KernelBackend):
     """cusoft on CuPy arrays with the CUDA C kernels of ``kernels_cu`` (NVRTC via CuPy).
@@ -111,6 +162,11 @@ class CupyBackend(KernelBackend):
         from cusoft._cupy._module import get_function
 
         return get_function(name_expression)
+
+    def _function_in(self, file, name_expression):
+        from cusoft._cupy._module import get_function
+
+        return get_function(name_expression, file)
 
     def _empty(self, like, count, dtype):
         import cupy

@@ -1,0 +1,358 @@
+// cusoft/kernels_cu/xent.cu -- fused softmax cross-entropy: per-row loss and its gradient.
+//
+// For one row of logits x (C = n classes), weights w (or 1) and target t:
+//   loss   = -sum_c w_c t_c * log_softmax(x)_c      (a term with w_c t_c == 0 adds 0, so a
+//                                                     -inf logit with no target gives no NaN)
+//   grad_c = grad_scale * (p_c * W - w_c t_c)        p = softmax(x), W = sum_c w_c t_c
+// The gradient is the fused form of d loss / d x: -t/p never appears, so p -> 0 is harmless.
+// Targets: int64 labels (t = (1-eps)*onehot + eps/C; a row whose label equals ignore_index
+// gives loss 0 and grad 0 without reading x) or probability rows laid out like x
+// (t = (1-eps)*p + eps/C).  weight (has_weight), probs (has_probs) and grad (has_grad) are
+// optional: a flag plus a placeholder array (see common.cuh).  Special rows (non-finite max)
+// follow log_softmax's rule of cusoft/_backend.py; see LogpRule.
+//
+// Variants (layout and choice: cusoft/_launch.py, launch_xent).  R = one read of x:
+//   xent_warp<T, K>     1R   short rows (n <= 32*K, K <= 16): a warp per row, the logits in registers;
+//                            max, then (sum exp, W) in one shuffle reduction; the second
+//                            pass (loss terms, gradient) runs from registers.
+//   xent_block<T>       2R   longer rows: a block per row; one online (max, sum exp, W) pass,
+//                            then a pass over x for the loss terms and the gradient.
+//   xent_col<T>         2R   column layout (inner > 1): threadIdx.x walks inner (coalesced),
+//                            threadIdx.y splits the classes; states meet in shared memory.
+// Probability targets are read in both passes (W is needed before the first gradient write);
+// labels without smoothing and without a gradient skip the second pass (one extra load of
+// x[label]).  grad may alias x: the second pass reads an element before the same thread
+// overwrites it, after the reduction that ends the first pass.
+#include "common.cuh"
+
+using namespace cusoft;
+
+// Arguments of every variant, gathered once per kernel.
+template <typename T> struct XentArgs {
+    typedef acc_t<T> A;
+    const T* x;
+    const i64* labels;
+    const T* probs;
+    const T* weight;
+    T* loss;
+    T* grad;
+    int has_probs, has_weight, has_grad;
+    i64 ignore_index;
+    A keep, base, scale;  // 1 - eps, eps / C, grad_scale
+    i64 n;
+
+    // Loss without a second pass: labels, no smoothing, no gradient.
+    CUSOFT_DEV bool label_only() const { return !has_probs && !has_grad && keep == A(1); }
+
+    // w_c t_c of class c in a row whose target is `label` or the probabilities at pr[c*stride].
+    CUSOFT_DEV A wt(i64 c, i64 label, const T* pr, i64 stride) const
+    {
+        const A t = has_probs ? keep * Traits<T>::load(pr[c * stride]) + base
+                              : (c == label ? keep : A(0)) + base;
+        return has_weight ? Traits<T>::load(weight[c]) * t : t;
+    }
+};
+
+// log_softmax of one element from the row max m and s = sum exp(x - m), SciPy's way: a
+// finite max shifts; +inf max gives NaN at the +inf elements and -inf elsewhere; a NaN or
+// all -inf row gives NaN everywhere.
+template <typename A> struct LogpRule {
+    A m, ls;
+    int mode;  // 0: finite max; 1: all NaN; 2: m == +inf
+    CUSOFT_DEV LogpRule(A m_, A s_) : m(m_), ls(A(0)), mode(1)
+    {
+        if (is_finite(m_)) {
+            mode = 0;
+            ls = cu_log(s_);
+        } else if (m_ == cu_inf<A>()) {
+            mode = 2;
+        }
+    }
+    CUSOFT_DEV A operator()(A x) const
+    {
+        if (mode == 0) return (x - m) - ls;
+        if (mode == 2) return x == m ? cu_nan<A>() : -cu_inf<A>();
+        return cu_nan<A>();
+    }
+};
+
+// (sum exp(x - m), W): the second reduction of the warp variant.
+template <typename A> struct SumPair {
+    A s, w;
+    static CUSOFT_DEV SumPair merge(const SumPair& a, const SumPair& b) { SumPair o; o.s = a.s + b.s; o.w = a.w + b.w; return o; }
+    CUSOFT_DEV SumPair shfl_xor(int lane_mask) const
+    {
+        SumPair o;
+        o.s = __shfl_xor_sync(kFullMask, s, lane_mask);
+        o.w = __shfl_xor_sync(kFullMask, w, lane_mask);
+        return o;
+    }
+};
+
+// Online (m, s) of the logits, W, and x[label] (summed: one thread holds it, the others 0,
+// so the sum is exact and reaches every thread): the one reduction of the block and column
+// variants.  Four values: 32 warps fit kScratchBytes.
+template <typename A> struct XentState {
+    MaxSum<A> ms;
+    A w, xl;
+    CUSOFT_DEV void init() { ms.init(); w = A(0); xl = A(0); }
+    static CUSOFT_DEV XentState merge(const XentState& a, const XentState& b)
+    {
+        XentState o;
+        o.ms = MaxSum<A>::merge(a.ms, b.ms);
+        o.w = a.w + b.w;
+        o.xl = a.xl + b.xl;
+        return o;
+    }
+    CUSOFT_DEV XentState shfl_xor(int lane_mask) const
+    {
+        XentState o;
+        o.ms = ms.shfl_xor(lane_mask);
+        o.w = __shfl_xor_sync(kFullMask, w, lane_mask);
+        o.xl = __shfl_xor_sync(kFullMask, xl, lane_mask);
+        return o;
+    }
+};
+
+// A loss term: zero-weight classes add nothing, whatever their log-probability.
+template <typename A> CUSOFT_DEV A loss_term(A wt, A logp) { return wt == A(0) ? A(0) : wt * logp; }
+
+template <typename T>
+CUSOFT_DEV T grad_value(const XentArgs<T>& a, acc_t<T> logp, acc_t<T> W, acc_t<T> wt)
+{
+    return Traits<T>::store(a.scale * (cu_exp(logp) * W - wt));
+}
+
+#define CUSOFT_XENT_PARAMS                                                                      \
+    const T *x, const i64 *labels, const T *probs, int has_probs, const T *weight, int has_weight, \
+        i64 ignore_index, acc_t<T> smoothing, T *loss, T *grad, int has_grad, acc_t<T> grad_scale
+
+template <typename T>
+CUSOFT_DEV XentArgs<T> xent_args(const T* x, const i64* labels, const T* probs, int has_probs, const T* weight,
+                                 int has_weight, i64 ignore_index, acc_t<T> smoothing, T* loss, T* grad,
+                                 int has_grad, acc_t<T> grad_scale, i64 n)
+{
+    typedef acc_t<T> A;
+    XentArgs<T> a;
+    a.x = x;
+    a.labels = labels;
+    a.probs = probs;
+    a.weight = weight;
+    a.loss = loss;
+    a.grad = grad;
+    a.has_probs = has_probs;
+    a.has_weight = has_weight;
+    a.has_grad = has_grad;
+    a.ignore_index = ignore_index;
+    a.keep = A(1) - smoothing;
+    a.base = smoothing / A(n);
+    a.scale = grad_scale;
+    a.n = n;
+    return a;
+}
+
+// =======================================================================================
+// Row layout
+// =======================================================================================
+template <typename T, int K>
+__global__ void CUSOFT_BOUNDS(256)
+xent_warp(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
+{
+    typedef acc_t<T> A;
+    const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
+                                    grad, has_grad, grad_scale, n);
+    const i64 wpb = blockDim.x / kWarp;
+    const int lane = lane_id();
+    // Loop bounds and the label are warp-uniform: the shuffles always see all 32 lanes.
+    for (i64 row = blockIdx.x * wpb + threadIdx.x / kWarp; row < rows; row += (i64)gridDim.x * wpb) {
+        const i64 label = has_probs ? -1 : labels[row];
+        const T* xr = x + row * n;
+        const T* pr = probs + (has_probs ? row * n : 0);
+        T* gr = grad + row * n;
+        if (!has_probs && label == ignore_index) {
+            if (lane == 0) loss[row] = Traits<T>::store(A(0));
+            if (has_grad)
+#pragma unroll 1
+                for (i64 j = lane; j < n; j += kWarp) gr[j] = Traits<T>::store(A(0));
+            continue;
+        }
+        A v[K];
+        MaxOp<A> mx;
+        mx.v = -cu_inf<A>();
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 j = (i64)k * kWarp + lane;
+            v[k] = j < n ? Traits<T>::load(xr[j]) : -cu_inf<A>();
+            mx.v = nan_max(mx.v, v[k]);
+        }
+        const A m = warp_reduce(mx).v;
+        SumPair<A> sw;
+        sw.s = A(0);
+        sw.w = A(0);
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 j = (i64)k * kWarp + lane;
+            if (j < n) {
+                sw.s += cu_exp(v[k] - m);
+                sw.w += a.wt(j, label, pr, 1);
+            }
+        }
+        sw = warp_reduce(sw);
+        const LogpRule<A> lp(m, sw.s);
+        SumOp<A> l;
+        l.v = A(0);
+        if (a.label_only()) {
+            if (lane == 0) l.v = loss_term(a.wt(label, label, pr, 1), lp(Traits<T>::load(xr[label])));
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const i64 j = (i64)k * kWarp + lane;
+                if (j < n) {
+                    const A wt = a.wt(j, label, pr, 1), logp = lp(v[k]);
+                    l.v += loss_term(wt, logp);
+                    if (has_grad) gr[j] = grad_value(a, logp, sw.w, wt);
+                }
+            }
+            l = warp_reduce(l);
+        }
+        if (lane == 0) loss[row] = Traits<T>::store(-l.v);
+    }
+}
+
+// Pass 1 of a row over group g: the online (m, s) of the logits, W, and x[label].
+template <typename T, typename G>
+CUSOFT_DEV XentState<acc_t<T>> xent_row_state(const XentArgs<T>& a, const T* xr, const T* pr, i64 label, const G& g)
+{
+    typedef acc_t<T> A;
+    XentState<A> st;
+    st.init();
+    row_visit(xr, a.n, g.rank, g.size, [&](i64 j, T v) {
+        const A xv = Traits<T>::load(v);
+        st.ms.add(xv);
+        st.w += a.wt(j, label, pr, 1);
+        st.xl = (j == label) ? xv : st.xl;
+    });
+    return g.reduce(st);
+}
+
+// Dynamic shared memory: kScratchBytes.
+template <typename T>
+__global__ void CUSOFT_BOUNDS(512)
+xent_block(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
+{
+    typedef acc_t<T> A;
+    CUSOFT_DYN_SMEM(unsigned char, smem);
+    const BlockGroup g(smem);
+    const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
+                                    grad, has_grad, grad_scale, n);
+    // Each case has a row loop of its own: one loop holding all three made ptxas spill.
+    if (a.label_only()) {
+        // Labels without smoothing or gradient: one pass; the loss needs x[label] only.
+        for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+            const i64 label = labels[row];
+            if (label == ignore_index) continue;  // uniform; written below
+            const XentState<A> st = xent_row_state(a, x + row * n, probs, label, g);
+            const LogpRule<A> lp(st.ms.m, st.ms.s);
+            if (g.rank == 0) loss[row] = Traits<T>::store(-loss_term(a.wt(label, label, probs, 1), lp(st.xl)));
+        }
+    } else {
+        for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+            const i64 label = has_probs ? -1 : labels[row];
+            if (!has_probs && label == ignore_index) continue;  // uniform; written below
+            const T* xr = x + row * n;
+            const T* pr = probs + (has_probs ? row * n : 0);
+            T* gr = grad + row * n;
+            // its barriers end every read of pass 1 before any gradient write (aliasing)
+            const XentState<A> st = xent_row_state(a, xr, pr, label, g);
+            const LogpRule<A> lp(st.ms.m, st.ms.s);
+            SumOp<A> l;
+            l.v = A(0);
+            // The gradient store sits in the loop nest of the loss terms (two nests spilled)
+            // and is elementwise: x's pack is already in registers, so grad may alias x.
+            row_visit(xr, n, g.rank, g.size, [&](i64 j, T v) {
+                const A wt = a.wt(j, label, pr, 1), logp = lp(Traits<T>::load(v));
+                l.v += loss_term(wt, logp);
+                if (has_grad) gr[j] = grad_value(a, logp, st.w, wt);
+            });
+            l = g.reduce(l);  // also keeps the next row's scratch use behind this one
+            if (g.rank == 0) loss[row] = Traits<T>::store(-l.v);
+        }
+    }
+    if (has_probs) return;
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        if (labels[row] != ignore_index) continue;
+        if (g.rank == 0) loss[row] = Traits<T>::store(A(0));
+        if (has_grad) row_store(grad + row * n, n, g.rank, g.size, [&](i64) { return Traits<T>::store(A(0)); });
+    }
+}
+
+// =======================================================================================
+// Column layout (inner > 1).  Element (o, c, i) of x, probs and grad sits at
+// (o*n + c)*inner + i; labels and loss are (outer, inner).  Block (bx, by): x walks inner,
+// y splits the classes; blocks loop over tiles = outer * ceil(inner / bx).
+// Dynamic shared memory: bx*by*sizeof(XentState<acc>) + 16.
+// =======================================================================================
+// Merge the states of the by threads sharing threadIdx.x, in threadIdx.y order.
+template <typename S> CUSOFT_DEV S col_merge(S v, S* slots)
+{
+    const int bx = (int)blockDim.x, tx = (int)threadIdx.x;
+    slots[threadIdx.y * bx + tx] = v;
+    __syncthreads();
+    S r = slots[tx];
+#pragma unroll 1
+    for (int k = 1; k < (int)blockDim.y; ++k) r = S::merge(r, slots[k * bx + tx]);
+    __syncthreads();
+    return r;
+}
+
+template <typename T>
+__global__ void CUSOFT_BOUNDS(512)
+xent_col(CUSOFT_XENT_PARAMS, i64 outer, i64 n, i64 inner)
+{
+    typedef acc_t<T> A;
+    CUSOFT_DYN_SMEM(XentState<A>, slots);
+    const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
+                                    grad, has_grad, grad_scale, n);
+    const int bx = (int)blockDim.x;
+    const i64 itiles = (inner + bx - 1) / bx;
+    for (i64 t = blockIdx.x; t < outer * itiles; t += gridDim.x) {
+        const i64 o = t / itiles, i = (t % itiles) * bx + threadIdx.x;
+        const bool active = i < inner;
+        const i64 label = (active && !has_probs) ? labels[o * inner + i] : -1;
+        // Columns of one block differ (ignored or not, active or not), but every thread
+        // takes part in both merges below: they contain barriers.
+        const bool live = active && (has_probs || label != ignore_index);
+        const i64 base = o * n * inner + i;
+        const T* pr = probs + (has_probs ? base : 0);
+        XentState<A> st;
+        st.init();
+        if (live)
+#pragma unroll 1
+            for (i64 j = threadIdx.y; j < n; j += blockDim.y) {
+                const A v = Traits<T>::load(x[base + j * inner]);
+                st.ms.add(v);
+                st.w += a.wt(j, label, pr, inner);
+                st.xl = (j == label) ? v : st.xl;
+            }
+        st = col_merge(st, slots);
+        const LogpRule<A> lp(st.ms.m, st.ms.s);
+        SumOp<A> l;
+        l.v = A(0);
+        if (live && a.label_only()) {
+            if (threadIdx.y == 0) l.v = loss_term(a.wt(label, label, pr, inner), lp(st.xl));
+        } else if (live) {
+#pragma unroll 1
+            for (i64 j = threadIdx.y; j < n; j += blockDim.y) {
+                const i64 e = base + j * inner;
+                const A wt = a.wt(j, label, pr, inner), logp = lp(Traits<T>::load(x[e]));
+                l.v += loss_term(wt, logp);
+                if (has_grad) grad[e] = grad_value(a, logp, st.w, wt);
+            }
+        } else if (active && has_grad) {
+#pragma unroll 1
+            for (i64 j = threadIdx.y; j < n; j += blockDim.y) grad[base + j * inner] = Traits<T>::store(A(0));
+        }
+        l = col_merge(l, reinterpret_cast<SumOp<A>*>(slots));
+        if (active && threadIdx.y == 0) loss[o * inner + i] = Traits<T>::store(live ? -l.v : A(0));
+    }
+}
