@@ -126,6 +126,30 @@ def _cases(small, rng):
 
     yield ("softmax_cross_entropy", x, run_xent, ref_xent)
 
+    # attention: GQA, Lq != Lk, causal, a broadcast mask with a fully masked row, a bias
+    q = rng.standard_normal((2, 4, 19, 24))
+    k = rng.standard_normal((2, 2, 23, 24))
+    v = rng.standard_normal((2, 2, 23, 20))
+    mask = rng.random((1, 1, 19, 23)) > 0.2
+    mask[..., 3, :] = False
+    bias = rng.standard_normal((4, 1, 23))
+
+    def ref_attention(q64, causal):
+        kk = np.repeat(k, 2, axis=1)
+        vv = np.repeat(v, 2, axis=1)
+        s = q64 @ kk.swapaxes(-1, -2) / np.sqrt(q64.shape[-1]) + bias
+        keep = mask & (np.arange(23)[None, :] <= np.arange(19)[:, None] + 4 if causal else True)
+        s = np.where(keep, s, -np.inf)
+        p = sp.softmax(s, axis=-1)
+        return np.nan_to_num(p, nan=0.0) @ vv
+
+    for causal in (False, True):
+        yield (f"attention{' causal' if causal else ''}", q,
+               lambda qq, be, c=causal: cusoft.attention(
+                   qq, k.astype(qq.dtype), v.astype(qq.dtype), causal=c, mask=mask,
+                   bias=bias.astype(qq.dtype), backend=be),
+               lambda q64, c=causal: ref_attention(q64, c))
+
 
 def _to_host(a):
     if hasattr(a, "get"):
