@@ -392,7 +392,8 @@ def launch_xent(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, thr
         _check_threads(threads, 256 if variant == "warp" else MAX_BLOCK, variant)
     cap = _grid_cap(limits)
     if variant == "col":
-        bx, by, shared = _col_shape(n, inner, 3 * acc.itemsize, threads)
+        # XentState: (m, s, W, x[label]) per thread
+        bx, by, shared = _col_shape(n, inner, 4 * acc.itemsize, threads)
         tiles = outer * _cdiv(inner, bx)
         return Plan(variant, (Launch(kname("xent_col", dtype), (min(tiles, cap), 1, 1), (bx, by, 1),
                                      shared, XENT_ARGS + (_i64(outer), _i64(n), _i64(inner))),))
@@ -417,7 +418,7 @@ def all_kernel_names(file="softmax.cu"):
             for log in (False, True):
                 for v in BACKWARD_VARIANTS:
                     inner = 3 if v == "col" else 1
-                    for n in ((1, 33, 100, 300, 700, 1000) if v == "warp" else (5000,)):
+                    for n in ((1, 33, 100, 200, 300, 1000) if v == "warp" else (5000,)):
                         p = launch_backward(2, n, inner, dt, log, variant=v, chunk_len=1024)
                         names.update(la.kernel for la in p.launches)
         return names
@@ -425,7 +426,7 @@ def all_kernel_names(file="softmax.cu"):
         for dt in dts:
             for v in XENT_VARIANTS:
                 inner = 3 if v == "col" else 1
-                for n in ((1, 33, 100, 300, 700, 1000) if v == "warp" else (5000,)):
+                for n in ((1, 33, 100, 200, 500) if v == "warp" else (5000,)):
                     names.update(la.kernel for la in launch_xent(2, n, inner, dt, variant=v).launches)
         return names
     if file != "softmax.cu":

@@ -20,8 +20,8 @@
 //   xent_col<T>         2R   column layout (inner > 1): threadIdx.x walks inner (coalesced),
 //                            threadIdx.y splits the classes; states meet in shared memory.
 // Probability targets are read in both passes (W is needed before the first gradient write);
-// labels without smoothing and without a gradient skip the second pass (one extra load of
-// x[label]).  grad may alias x: the second pass reads an element before the same thread
+// labels without smoothing and without a gradient skip the second pass (block and col:
+// x[label] rides along in the first pass's reduction; warp: lane 0 loads it).  grad may alias x: the second pass reads an element before the same thread
 // overwrites it, after the reduction that ends the first pass.
 #include "common.cuh"
 
@@ -290,7 +290,7 @@ xent_block(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
 // Column layout (inner > 1).  Element (o, c, i) of x, probs and grad sits at
 // (o*n + c)*inner + i; labels and loss are (outer, inner).  Block (bx, by): x walks inner,
 // y splits the classes; blocks loop over tiles = outer * ceil(inner / bx).
-// Dynamic shared memory: bx*by*sizeof(XentState<acc>) + 16.
+// Dynamic shared memory: bx*by*sizeof(XentState<acc>) + 16 (4 values per thread).
 // =======================================================================================
 // Merge the states of the by threads sharing threadIdx.x, in threadIdx.y order.
 template <typename S> CUSOFT_DEV S col_merge(S v, S* slots)
