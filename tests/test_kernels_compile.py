@@ -2,7 +2,8 @@
 
 * NVRTC (``cuda.bindings.nvrtc``) compiles every name expression of the runtime with the
   runtime's source text, options and name-expression list, for sm_80 and sm_90, and returns
-  a lowered name for each.
+  a lowered name for each.  Every op file of ``_module.SOURCES`` (softmax.cu, backward.cu,
+  xent.cu) is covered, and a test checks that list against the .cu files on disk.
 * nvcc/ptxas compiles the same text with every template instantiated (a generated table of
   kernel addresses) and reports registers and spills: every kernel must spill 0 bytes.
 
@@ -19,6 +20,7 @@ import pytest
 from cusoft._cupy import _module
 
 ARCHS = ("sm_80", "sm_90")
+FILES = _module.SOURCES
 
 
 def _nvrtc_reason():
@@ -41,30 +43,45 @@ requires_nvrtc = pytest.mark.skipif(_nvrtc_reason() is not None, reason=str(_nvr
 requires_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 
 
-def test_source_is_self_contained():
+def test_every_op_file_is_listed():
+    """Each kernels_cu/*.cu is compiled by some loader: _module.SOURCES (checked by every test
+    below) or attention.cu's own (tests/test_attention_compile.py)."""
+    import os
+
+    on_disk = {f for f in os.listdir(_module.kernels_dir()) if f.endswith(".cu")}
+    assert on_disk - {"attention.cu"} == set(FILES)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_source_is_self_contained(name):
     """Local includes are inlined; no standard headers (NVRTC has none)."""
-    src = _module.source()
+    src = _module.source(name)
     assert not re.search(r'^\s*#\s*include\s*"', src, re.M)
     system = set(re.findall(r"^\s*#\s*include\s*<([^>]+)>", src, re.M))
     assert system <= {"cuda_fp16.h"}, system
     assert src.count("CUSOFT_COMMON_CUH") >= 2  # the header really is inside
 
 
-def test_name_expressions_unique_and_cover_the_launcher():
+@pytest.mark.parametrize("name", FILES)
+def test_name_expressions_unique_and_cover_the_launcher(name):
     from cusoft import _launch
 
-    names = _module.name_expressions()
+    names = _module.name_expressions(name)
     assert len(names) == len(set(names))
-    assert _launch.all_kernel_names() <= set(names)
+    assert _launch.all_kernel_names(name) <= set(names)
+    # one file per name: the backends find a kernel's module by its name
+    assert sum(len(_module.name_expressions(f)) for f in FILES) == len(_module.all_name_expressions())
+    assert all(_module.file_of(e) == name for e in names)
 
 
 @requires_nvrtc
+@pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_nvrtc_compiles_every_name_expression(arch):
+def test_nvrtc_compiles_every_name_expression(arch, name):
     from cusoft._cupy._inspect import nvrtc_compile
 
-    lowered = nvrtc_compile(arch)
-    names = _module.name_expressions()
+    lowered = nvrtc_compile(arch, name)
+    names = _module.name_expressions(name)
     assert set(lowered) == set(names)
     for expr, low in lowered.items():
         assert low.startswith("_Z"), (expr, low)
@@ -72,15 +89,16 @@ def test_nvrtc_compiles_every_name_expression(arch):
 
 
 @requires_nvcc
+@pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_ptxas_no_spills(arch):
+def test_ptxas_no_spills(arch, name):
     from cusoft._cupy._inspect import kernel_resources
 
-    rows = kernel_resources(arch)
-    assert len(rows) == len(_module.name_expressions()), "ptxas saw a different kernel set"
+    rows = kernel_resources(arch, name)
+    assert len(rows) == len(_module.name_expressions(name)), "ptxas saw a different kernel set"
     spills = [(r["name"], r["spill_stores"], r["spill_loads"]) for r in rows
               if r["spill_stores"] or r["spill_loads"]]
-    assert not spills, f"{arch}: kernels spill registers: {spills}"
+    assert not spills, f"{arch} {name}: kernels spill registers: {spills}"
     # launch bounds hold: 512-thread kernels fit 128 registers, 256-thread ones 255
     for r in rows:
         assert 0 < r["registers"] <= 255, r
@@ -118,13 +136,39 @@ def _check_plan(plan, lim):
     import numpy as np
 
     warp_like = ("softmax_rowmax", "softmax_expsum", "softmax_fwd_warp", "logsumexp_warp",
-                 "partial_warp")
+                 "partial_warp", "softmax_bwd_warp", "xent_warp")
     for la in plan.launches:
         threads = la.block[0] * la.block[1] * la.block[2]
-        bound = 256 if la.kernel.startswith(warp_like) else 512  # CUSOFT_BOUNDS in softmax.cu
+        bound = 256 if la.kernel.startswith(warp_like) else 512  # CUSOFT_BOUNDS in kernels_cu
         assert threads <= bound, la
         assert la.shared <= lim.smem_per_block, la
         assert 1 <= la.grid[0] < 2**31 and la.grid[1:] == (1, 1), la
-        assert la.kernel in set(_module.name_expressions()), la.kernel
+        assert la.kernel in _module.all_name_expressions(), la.kernel
         for a in la.args:
             assert isinstance(a, (str, np.int64)), (la.kernel, a)
+
+
+@pytest.mark.parametrize("shape,dtype,want_bwd,want_xent", [
+    ((1000, 100, 1), "float32", "warp", "warp"),
+    ((100, 1000, 1), "float64", "warp", "block"),   # xent's register cache stops at 512
+    ((100, 5000, 1), "float16", "block", "block"),
+    ((1, 1 << 20, 1), "float32", "split", "block"),
+    ((1, 3 * 2**30, 1), "float16", "split", "block"),  # > 2**31 elements: int64 offsets
+    ((10, 100, 7), "float32", "col", "col"),
+])
+def test_launch_rules_backward_xent(shape, dtype, want_bwd, want_xent):
+    from cusoft import _launch
+
+    lim = _launch.DeviceLimits()
+    for log in (False, True):
+        plan = _launch.launch_backward(*shape, dtype, log, lim)
+        assert plan.variant == want_bwd
+        _check_plan(plan, lim)
+    plan = _launch.launch_xent(*shape, dtype, lim)
+    assert plan.variant == want_xent
+    _check_plan(plan, lim)
+    with pytest.raises(ValueError, match="row layout"):
+        _launch.launch_xent(2, 10, 3, dtype, lim, variant="block")
+    with pytest.raises(ValueError, match="n <= 512"):
+        _launch.launch_xent(2, 513, 1, dtype, lim, variant="warp")
+    assert _launch.launch_xent(2, 0, 1, dtype, lim).variant == "empty-rows"
