@@ -29,7 +29,7 @@ def _backward(fname, y, dy, axis, out, backend, log):
     if name == "dask":
         from . import _dask
 
-        return _dask.softmax_backward(y, dy, axis, log=log)
+        return _dask.softmax_backward(y, dy, axis, log=log, out=out)
     be = _dispatch.get_backend(name)
     kind = _dispatch.KIND[name]
     user_kind = _dispatch.array_kind(y)

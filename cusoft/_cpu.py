@@ -166,6 +166,10 @@ class CpuBackend(Backend):
         """(m, c, r) per row, (outer, inner) each, in the compute dtype."""
         outer, n, inner = x.shape
         cdt = _compute_dtype(x.dtype)
+        if b is None and inner == 1 and cdt == x.dtype:
+            st = self._states_fused(x[:, :, 0])
+            if st is not None:
+                return st
         blocks = _blocks(outer, n, inner, np.dtype(cdt).itemsize)
         if blocks is None:
             chunks = self._chunks(n, np.dtype(cdt).itemsize)
@@ -192,6 +196,40 @@ class CpuBackend(Backend):
 
         _map(run, blocks, x.nbytes)
         return m, c, r
+
+    def _states_fused(self, x2):
+        """(m, c, r) of the rows of a 2-D float32/64 array with the Numba kernel, cutting a
+        long row into chunks whose states merge exactly; None if some max is not finite."""
+        outer, n = x2.shape
+        L = _SPLIT
+        split = outer == 1 and n > 4 * L
+        if split:
+            R = n // L
+            parts = [x2[0, :R * L].reshape(R, L)] + ([x2[0, R * L:].reshape(1, -1)]
+                                                     if n > R * L else [])
+            work = [p[a:a + _SPLIT_ROWS] for p in parts for a in range(0, p.shape[0],
+                                                                        _SPLIT_ROWS)]
+        else:
+            per = max(1, _BLOCK_BYTES // max(1, n * x2.itemsize))
+            work = [x2[a:a + per] for a in range(0, outer, per)]
+        with np.errstate(invalid="ignore"):
+            ms = _map(lambda w: w.max(axis=1), work, x2.nbytes)
+        if not all(np.isfinite(m).all() for m in ms):
+            return None
+        crs = _map(lambda wm: _cpu_kernels.state_rows(*wm), list(zip(work, ms)), x2.nbytes)
+        m = np.concatenate(ms)
+        c = np.concatenate([cr[0] for cr in crs])
+        r = np.concatenate([cr[1] for cr in crs])
+        if split:
+            # chunks of one row: merge their states (exactly: maxima keep their counts)
+            M = m.max()
+            top = m == M
+            w = np.exp(m[~top].astype(np.float64) - M)
+            r1 = r[top].sum() + np.sum((c[~top] + r[~top]) * w)
+            return (np.full((1, 1), M, x2.dtype), np.full((1, 1), c[top].sum(), x2.dtype),
+                    np.full((1, 1), r1, x2.dtype))
+        dt = x2.dtype
+        return m.reshape(outer, 1), c.astype(dt).reshape(outer, 1), r.astype(dt).reshape(outer, 1)
 
     def logsumexp(self, x, b, out, sign):
         m, c, r = self._states(x, b)

@@ -105,6 +105,28 @@ def _make(dtype):
                 acc += fsum(tmp[:b - a])
             s[i] = acc
 
+    def state_rows(x, m, c, r):
+        # c[i] = count of x[i, j] == m[i]; r[i] = sum of exp(x - m) over the others (the
+        # maxima stay out of the sum so r keeps its small terms for log1p)
+        R, n = x.shape
+        kbits = np.empty(_CHUNK, itype)
+        tmp = np.empty(_CHUNK, ftype)
+        for i in range(R):
+            acc = 0.0
+            cnt = 0
+            for a in range(0, n, _CHUNK):
+                b = min(a + _CHUNK, n)
+                t = tmp[:b - a]
+                exp_shifted(x[i, a:b], m[i], t, kbits[:b - a])
+                xs = x[i, a:b]
+                for j in range(b - a):
+                    hit = xs[j] == m[i]
+                    cnt += 1 if hit else 0
+                    t[j] = ftype(0) if hit else t[j]
+                acc += fsum(t)
+            c[i] = cnt
+            r[i] = acc
+
     def normalize_rows(x, M, S, out, log):
         # every row shares the global (M, S): out = exp(x - M) / S or (x - M) - log S
         R, n = x.shape
@@ -123,14 +145,14 @@ def _make(dtype):
                     for j in range(b - a):
                         o[j] = o[j] * inv
 
-    for fn in (exp_shifted, row_sum, softmax_rows, exp_sum_rows, normalize_rows):
+    for fn in (exp_shifted, row_sum, softmax_rows, exp_sum_rows, state_rows, normalize_rows):
         fn.__qualname__ = f"{fn.__name__}_{suffix}"
         fn.__name__ = fn.__qualname__
     jit = njit(nogil=True, cache=True)
     exp_shifted = jit(exp_shifted)
     fsum = njit(nogil=True, cache=True, fastmath={"reassoc"})(row_sum)
     return dict(softmax_rows=jit(softmax_rows), exp_sum_rows=jit(exp_sum_rows),
-                normalize_rows=jit(normalize_rows))
+                normalize_rows=jit(normalize_rows), state_rows=jit(state_rows))
 
 
 _kernels = {}
@@ -154,6 +176,15 @@ def exp_sum_rows(x, m):
     s = np.empty(x.shape[0], np.float64)
     _get(x.dtype, "exp_sum_rows")(x, m, s)
     return s
+
+
+def state_rows(x, m):
+    """(c, r) per row for rows with finite maxima m: the count of the maxima and the sum of
+    exp(x - m) over the other elements (float64)."""
+    c = np.empty(x.shape[0], np.float64)
+    r = np.empty(x.shape[0], np.float64)
+    _get(x.dtype, "state_rows")(x, m, c, r)
+    return c, r
 
 
 def normalize_rows(x, M, S, out, log):
