@@ -56,10 +56,4 @@ def _backward(fname, y, dy, axis, out, backend, log):
         o3 = xp.empty(y3.shape, dt)
         be.softmax_backward(y3, d3, o3, log)
         res = v.from_canonical(xp, o3, info)
-    res = v.from_kind(res, y)
-    if out is not None:
-        out[...] = res
-        return out
-    if isinstance(res, np.ndarray) and res.ndim == 0:
-        return res[()]
-    return res
+    return v.finish(res, y, out)

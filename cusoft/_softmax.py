@@ -85,7 +85,7 @@ def _softmax_like(fname, x, axis, out, backend, log, method=None):
     xp = v.xp_for(kind)
     if xk.size == 0:
         res = xp.empty(shape, dt)
-        return _finish(res, x, out)
+        return v.finish(res, x, out)
     if xk.dtype != dt:
         xk = v.astype(xk, dt)
     x3, info = v.to_canonical(xp, xk, axes)
@@ -95,17 +95,7 @@ def _softmax_like(fname, x, axis, out, backend, log, method=None):
     be.softmax(x3, o3, log)
     if direct:
         return out
-    return _finish(v.from_canonical(xp, o3, info), x, out)
-
-
-def _finish(res, like, out):
-    res = v.from_kind(res, like)
-    if out is not None:
-        out[...] = res
-        return out
-    if isinstance(res, np.ndarray) and res.ndim == 0:
-        return res[()]
-    return res
+    return v.finish(v.from_canonical(xp, o3, info), x, out)
 
 
 def _scipy_fallback(fname, xk, axis, out):

@@ -72,6 +72,18 @@ def from_kind(y, like):
     return arrays.like(y, like)
 
 
+def finish(res, like, out):
+    """The result as the caller's array type, written into ``out`` when given; a 0-d NumPy
+    result becomes a NumPy scalar, as SciPy returns."""
+    res = from_kind(res, like)
+    if out is not None:
+        out[...] = res
+        return out
+    if isinstance(res, np.ndarray) and res.ndim == 0:
+        return res[()]
+    return res
+
+
 def astype(x, dtype):
     """``x`` in ``dtype``; no copy when it already is.  Device arrays without ``astype``
     (Numba's) convert through the host: only integer/bool device input takes that path."""
