@@ -1,9 +1,9 @@
-"""Launch configuration for the kernels of ``kernels_cu/softmax.cu``: the one place that
-picks a variant, block shape, grid and dynamic shared memory.
+"""Launch configuration for the kernels of ``kernels_cu/softmax.cu``, ``backward.cu`` and
+``xent.cu``: the one place that picks a variant, block shape, grid and dynamic shared memory.
 
 Each kernel family has one function (:func:`launch_softmax`, :func:`launch_logsumexp`,
-:func:`launch_partial`) returning a :class:`Plan`: the workspaces to allocate and the
-kernel launches, with arguments named symbolically ("x", "y", "ws", ...) and integer
+:func:`launch_partial`, :func:`launch_backward`, :func:`launch_xent`) returning a
+:class:`Plan`: the workspaces to allocate and the kernel launches, with arguments named symbolically ("x", "y", "ws", ...) and integer
 scalars as NumPy scalars of the exact C type.  The CuPy backend and the CPU emulator run the
 same plan (``cusoft/_cupy/backend.py: KernelBackend``), so the emulated launch *is* the real
 launch.  Pure Python: no CuPy import.

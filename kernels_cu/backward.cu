@@ -146,7 +146,8 @@ softmax_bwd_warp(const T* y, const T* dy, T* out, i64 rows, i64 n)
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const i64 j = (i64)k * kWarp + lane;
-            if (j < n) o[j] = Traits<T>::store(BwdRule<A, LOG>::out(Traits<T>::load(yv[k]), Traits<T>::load(dv[k]), tot));
+            if (j < n)
+                o[j] = Traits<T>::store(BwdRule<A, LOG>::out(Traits<T>::load(yv[k]), Traits<T>::load(dv[k]), tot));
         }
     }
 }

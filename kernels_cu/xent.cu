@@ -21,8 +21,9 @@
 //                            threadIdx.y splits the classes; states meet in shared memory.
 // Probability targets are read in both passes (W is needed before the first gradient write);
 // labels without smoothing and without a gradient skip the second pass (block and col:
-// x[label] rides along in the first pass's reduction; warp: lane 0 loads it).  grad may alias x: the second pass reads an element before the same thread
-// overwrites it, after the reduction that ends the first pass.
+// x[label] rides along in the first pass's reduction; warp: lane 0 loads it).
+// grad may alias x: the second pass reads an element before the same thread overwrites it,
+// after the reduction that ends the first pass.
 #include "common.cuh"
 
 using namespace cusoft;
@@ -79,7 +80,13 @@ template <typename A> struct LogpRule {
 // (sum exp(x - m), W): the second reduction of the warp variant.
 template <typename A> struct SumPair {
     A s, w;
-    static CUSOFT_DEV SumPair merge(const SumPair& a, const SumPair& b) { SumPair o; o.s = a.s + b.s; o.w = a.w + b.w; return o; }
+    static CUSOFT_DEV SumPair merge(const SumPair& a, const SumPair& b)
+    {
+        SumPair o;
+        o.s = a.s + b.s;
+        o.w = a.w + b.w;
+        return o;
+    }
     CUSOFT_DEV SumPair shfl_xor(int lane_mask) const
     {
         SumPair o;
