@@ -15,7 +15,7 @@ _METHODS = (None, "auto", "tiled", "naive")
 
 
 def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return_lse=False,
-              out=None, backend=None, method=None):
+              out=None, backend=None, method=None, _causal_offset=None):
     """Scaled dot-product attention over the last two axes, FlashAttention-style.
 
     ``out[..., h, i, :] = sum_j softmax_j(q[..., h, i, :] · k[..., h // G, j, :] * scale
@@ -62,7 +62,9 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
 
     Returns
     -------
-    out, or ``(out, lse)`` when ``return_lse``.
+    out, or ``(out, lse)`` when ``return_lse``.  Dask inputs (any of q, k, v, mask, bias)
+    give lazy Dask arrays: key/value chunks are computed separately and merged exactly
+    (split-KV, see ``cusoft/_dask.py``).
 
     Notes
     -----
@@ -75,10 +77,16 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     if method not in _METHODS:
         raise ValueError(f"cusoft.attention: unknown method {method!r}; expected one of "
                          f"'auto', 'tiled', 'naive'")
+    if any(_dispatch.array_kind(a) == "dask" for a in (q, k, v, mask, bias) if a is not None):
+        from . import _dask
+
+        return _dask.attention(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias,
+                               return_lse=return_lse, out=out, backend=backend, method=method)
     name = _dispatch.choose(q, backend)
     if name == "dask":
         raise _dispatch.BackendError(
-            "cusoft.attention has no dask backend; compute key/value chunks with "
+            "cusoft.attention runs on Dask only for Dask inputs: pass q/k/v as dask arrays "
+            "(k and v chunked along the key axis), or compute key/value chunks with "
             "return_lse=True and combine them with cusoft.merge_attention")
     kind = _dispatch.KIND[name]
     qa = val.asarray_checked(fname, q, kind, "q")
@@ -93,6 +101,10 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     causal = _check_flag("causal", causal)
     return_lse = _check_flag("return_lse", return_lse)
     full = batch + (Hq, Lq, Lk)
+    if causal and _causal_offset is not None and int(_causal_offset) != Lk - Lq:
+        res = _shifted_causal(name, q, k, v, mask, bias, scale, int(_causal_offset), Lq, Lk,
+                              method, out)
+        return res if return_lse else res[0]
     if name == "numba":
         return _attention_numba(q, qa, ka, va, mask, bias, out, batch, (Hq, Hkv, Lq, Lk, D, Dv),
                                 dt, scale, causal, return_lse, method)
@@ -281,23 +293,8 @@ def _operand(fname, nm, x, kind, full, xp, dtype):
         return None
     a = val.asarray_checked(fname, x, kind, nm)
     adt = np.dtype(a.dtype)
-    if nm == "mask":
-        if adt != np.bool_:
-            raise TypeError(f"cusoft.attention: mask must be boolean (True = keep), got dtype "
-                            f"{adt}; pass additive values as bias=")
-    else:
-        if adt.kind not in "iuf":
-            raise TypeError(f"cusoft.attention: bias must be a real numeric array, got dtype "
-                            f"{adt}" + ("; pass a boolean keep-mask as mask=" if adt == np.bool_
-                                        else ""))
     shape = tuple(int(s) for s in a.shape)
-    try:
-        ok = np.broadcast_shapes(shape, full) == full
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"cusoft.attention: {nm} of shape {shape} does not broadcast to the "
-                         f"logits' shape {full} (..., Hq, Lq, Lk)")
+    _check_operand(nm, shape, adt, full)
     nb = len(full) - 3
     a = a.reshape((1,) * (len(full) - len(shape)) + shape)
     if dtype is not None and adt != dtype:
@@ -315,6 +312,94 @@ def _operand(fname, nm, x, kind, full, xp, dtype):
     if nm == "mask":
         a = a.view(np.uint8)
     return Operand(a, (bstride,) + tuple(strides[nb:]))
+
+
+def _check_operand(nm, shape, adt, full):
+    """The dtype and broadcast checks of a mask or bias (also used by the Dask path)."""
+    if nm == "mask":
+        if adt != np.bool_:
+            raise TypeError(f"cusoft.attention: mask must be boolean (True = keep), got dtype "
+                            f"{adt}; pass additive values as bias=")
+    else:
+        if adt.kind not in "iuf":
+            raise TypeError(f"cusoft.attention: bias must be a real numeric array, got dtype "
+                            f"{adt}" + ("; pass a boolean keep-mask as mask=" if adt == np.bool_
+                                        else ""))
+    try:
+        ok = np.broadcast_shapes(shape, full) == full
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"cusoft.attention: {nm} of shape {shape} does not broadcast to the "
+                         f"logits' shape {full} (..., Hq, Lq, Lk)")
+
+
+def _shifted_causal(name, q, k, v, mask, bias, scale, d, Lq, Lk, method, out):
+    """``(out, lse)`` of causal attention whose diagonal is ``j <= i + d`` rather than
+    ``j <= i + (Lk - Lq)``: the private ``_causal_offset=d`` that the split-KV Dask path
+    passes for a key chunk in the middle of the sequence.
+
+    It is rewritten as ordinary bottom-right causal calls, so every backend (NumPy tiles,
+    CuPy and simt kernels) keeps skipping the tiles above the diagonal, with no kernel
+    change:
+
+    * ``d < Lk - Lq``: keys ``j >= Lq + d`` are past every row's diagonal; drop them (and
+      the matching mask/bias columns) and the shorter call's own offset is ``d``;
+    * ``d > Lk - Lq``: rows ``i >= Lk - d`` see every key (a non-causal call); rows above
+      them are a causal call with ``Lk - d`` rows, whose offset is ``d``; the two are
+      concatenated along Lq.
+
+    The numba backend instead gets the diagonal folded into a boolean mask (its mask passes
+    through the host anyway), so it computes the tiles above the diagonal."""
+    fname = "attention"
+    kw = dict(scale=scale, backend=name, method=method, return_lse=True)
+    if name == "numba":
+        keep = np.arange(Lk)[None, :] <= np.arange(Lq)[:, None] + d
+        if mask is not None:
+            host = np.asarray(mask) if _dispatch.array_kind(mask) == "host" else None
+            if host is None:
+                from ._numba import arrays
+
+                host = arrays.to_host(val.to_kind(mask, "cuda"))
+            keep = host & keep if host.dtype == np.bool_ else host
+        return attention(q, k, v, mask=keep, bias=bias, out=out, **kw)
+    kind = _dispatch.KIND[name]
+    xp = _xp(kind)
+    q, k, v = (val.asarray_checked(fname, a, kind, nm) for a, nm in ((q, "q"), (k, "k"),
+                                                                        (v, "v")))
+    mask, bias = (None if a is None else val.asarray_checked(fname, a, kind, nm)
+                  for a, nm in ((mask, "mask"), (bias, "bias")))
+    if d < Lk - Lq:
+        n = max(0, Lq + d)
+        return attention(q, k[..., :n, :], v[..., :n, :], causal=True, mask=_cols(mask, n),
+                         bias=_cols(bias, n), out=out, **kw)
+    r = Lk - d
+    if r <= 0:
+        return attention(q, k, v, mask=mask, bias=bias, out=out, **kw)
+    o1, l1 = attention(q[..., :r, :], k, v, causal=True, mask=_rows(mask, 0, r),
+                       bias=_rows(bias, 0, r), **kw)
+    o2, l2 = attention(q[..., r:, :], k, v, mask=_rows(mask, r, Lq), bias=_rows(bias, r, Lq),
+                       **kw)
+    o = xp.concatenate([o1, o2], axis=-2)
+    lse = xp.concatenate([l1, l2], axis=-1)
+    if out is not None:
+        out[...] = o
+        o = out
+    return o, lse
+
+
+def _cols(a, n):
+    """The first ``n`` key columns of a mask/bias (a broadcast key axis stays size 1)."""
+    if a is None or a.ndim < 1 or a.shape[-1] == 1:
+        return a
+    return a[..., :n]
+
+
+def _rows(a, r0, r1):
+    """Query rows ``[r0, r1)`` of a mask/bias (a broadcast or absent row axis stays)."""
+    if a is None or a.ndim < 2 or a.shape[-2] == 1:
+        return a
+    return a[..., r0:r1, :]
 
 
 def _bcast_strides(shape, full):
