@@ -63,6 +63,7 @@ Attention
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 
@@ -724,10 +725,215 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
     return (loss, grad) if return_grad else loss
 
 
-# -- attention (later step) -----------------------------------------------------------------
+# -- attention: split-KV ----------------------------------------------------------------------
 
-def attention(*args, **kwargs):
-    """Hook for Dask attention: key/value chunks reduced with a {"m", "l", "acc"} state
-    through ``da.reduction`` and ``_merge``'s rule (acc rescaled like ``r``)."""
-    raise NotImplementedError("cusoft: attention on Dask arrays is not implemented yet; "
-                              "compute it per query chunk with map_blocks for now")
+def _attn_part(qb, kb, vb, mb=None, bb=None, *, scale, causal, offset, method, backend):
+    """``(out, lse)`` of one (query block, key/value chunk) pair on the chunk's backend;
+    ``out`` in the accumulation dtype so the merges do not round to float16."""
+    from ._attention import attention as pub
+
+    o, lse = pub(qb, kb, vb, scale=scale, causal=causal, mask=mb, bias=bb, return_lse=True,
+                 backend=backend or _backend_name(qb), method=method,
+                 _causal_offset=offset if causal else None)
+    return o.astype(lse.dtype, copy=False), lse
+
+
+def _attn_merge(*parts):
+    from ._attention import merge_attention
+
+    return merge_attention(*parts)
+
+
+def _attn_out(part, dtype):
+    return part[0].astype(dtype, copy=False)
+
+
+def _attn_lse(part):
+    return part[1]
+
+
+def _bounds(chunks):
+    return [0] + np.cumsum(chunks, dtype=np.int64).tolist()
+
+
+def _from_bounds(bounds, n):
+    """Chunks from a set of boundaries of an axis of length ``n``."""
+    b = sorted(set(int(x) for x in bounds) | {0, n})
+    return tuple(y - x for x, y in zip(b, b[1:])) or (n,)
+
+
+def _attn_layout(arrays, labels, sizes, G):
+    """The common chunks of every label: the coarsest refinement of the chunks the Dask
+    inputs already have (NumPy/CuPy inputs impose nothing).  Query heads ``h`` break only
+    at multiples of the GQA group ``G`` so a query head block meets whole key/value heads;
+    the feature axes ``d``, ``e`` are one chunk."""
+    cuts = {lab: set() for lab in sizes}
+    for nm, (a, is_dask) in arrays.items():
+        if not is_dask:
+            continue
+        for lab, n, c in zip(labels[nm], a.shape, a.chunks):
+            if n == 1 and sizes[lab] != 1 or lab in ("d", "e"):
+                continue
+            b = _bounds(c)
+            if lab == "hk":
+                cuts["h"].update(x * G for x in b)
+            elif lab == "h":
+                cuts["h"].update((x // G) * G for x in b)
+            else:
+                cuts[lab].update(b)
+    chunks = {lab: _from_bounds(cuts[lab], n) for lab, n in sizes.items()}
+    chunks["hk"] = tuple(c // G for c in chunks["h"]) if G else (sizes["hk"],)
+    return chunks
+
+
+def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return_lse=False,
+              out=None, backend=None, method=None):
+    """Attention with Dask inputs: one task per (query block, key/value chunk), the partial
+    ``(out, lse)`` merged exactly in a tree (see the module docstring)."""
+    import functools
+
+    import dask
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    from . import _attention as A
+
+    da = _da()
+    if method not in A._METHODS:
+        raise ValueError(f"cusoft.attention: unknown method {method!r}; expected one of "
+                         f"'auto', 'tiled', 'naive'")
+    if backend is None:
+        backend = _dispatch._override.get()
+    if backend is not None:
+        _dispatch._check_name(backend)
+    chunk_backend = None if backend in (None, "dask") else backend
+
+    def arr(x):
+        return x if _is_dask(x) or hasattr(x, "shape") and hasattr(x, "dtype") \
+            else np.asarray(x)
+
+    q, k, v = arr(q), arr(k), arr(v)
+    dt = A._check_dtypes(q, k, v)
+    batch, Hq, Hkv, Lq, Lk, D, Dv = A._check_shapes(q, k, v)
+    scale = A._check_scale(scale, D)
+    causal = A._check_flag("causal", causal)
+    return_lse = A._check_flag("return_lse", return_lse)
+    full = batch + (Hq, Lq, Lk)
+    nb = len(batch)
+    ops = {}
+    for nm, x in (("mask", mask), ("bias", bias)):
+        if x is not None:
+            x = arr(x)
+            A._check_operand(nm, tuple(int(n) for n in x.shape), np.dtype(x.dtype), full)
+            ops[nm] = x
+    bl = tuple(f"b{i}" for i in range(nb))
+    labels = {"q": bl + ("h", "i", "d"), "k": bl + ("hk", "j", "d"),
+              "v": bl + ("hk", "j", "e"), "mask": bl + ("h", "i", "j"),
+              "bias": bl + ("h", "i", "j")}
+    sizes = dict(zip(bl, batch), h=Hq, hk=Hkv, i=Lq, j=Lk, d=D, e=Dv)
+    arrays = {}
+    for nm, x in (("q", q), ("k", k), ("v", v), *ops.items()):
+        if _is_dask(x) and any(math.isnan(c) for cs in x.chunks for c in cs):
+            raise ValueError(f"cusoft.attention: {nm} has unknown chunk sizes; call "
+                             f"{nm}.compute_chunk_sizes() first")
+        pad = nb + 3 - x.ndim
+        x = x[(None,) * pad] if _is_dask(x) else x.reshape((1,) * pad + tuple(x.shape))
+        arrays[nm] = (x, _is_dask(x))
+    G = Hq // Hkv if Hkv else 1
+    chunks = _attn_layout(arrays, labels, sizes, G)
+    blocks = {}
+    for nm, (x, is_dask) in arrays.items():
+        target = tuple((n,) if n == 1 or lab in ("d", "e") else chunks[lab]
+                       for lab, n in zip(labels[nm], x.shape))
+        if not is_dask:
+            x = da.from_array(x, chunks=target)
+        elif x.chunks != target:
+            # aligns batch/head/query blocks and refines key chunks; never merges key chunks
+            x = x.rechunk(target)
+        blocks[nm] = x
+
+    token = tokenize(*blocks.values(), scale, causal, method, chunk_backend, return_lse)
+    mid = f"cusoft-attention-part-{token}"
+    split = SPLIT_EVERY or dask.config.get("split_every", None) or 4
+    if isinstance(split, dict):
+        split = split.get(nb + 2, 4)
+    split = max(2, int(split))
+    off = Lk - Lq
+    rows_b = _bounds(chunks["i"])
+    keys_b = _bounds(chunks["j"])
+    grid = [range(len(chunks[lab])) for lab in bl + ("h", "i")]
+    order = [nm for nm in ("q", "k", "v", "mask", "bias") if nm in blocks]
+    dsk = {}
+    roots = {}
+    for idx in itertools.product(*grid):
+        pos = dict(zip(bl + ("h", "i"), idx))
+        pos["hk"] = pos["h"]
+        r0, r1 = rows_b[pos["i"]], rows_b[pos["i"] + 1]
+        level = []
+        for jk in range(len(chunks["j"])):
+            o0, o1 = keys_b[jk], keys_b[jk + 1]
+            c, d = causal, None
+            if causal and o1 > o0:
+                if o0 > r1 - 1 + off:
+                    # the whole chunk lies above the diagonal for these rows: it would
+                    # contribute (0, -inf), so it is left out of the merge
+                    if jk + 1 < len(chunks["j"]) or level:
+                        continue
+                    # every chunk was left out: one zero-key call gives the (0, -inf) rows
+                if o1 - 1 <= r0 + off:
+                    c = False
+                else:
+                    d = r0 - o0 + off
+            pos["j"] = jk
+            args = []
+            for nm in order:
+                x = blocks[nm]
+                bi = tuple(0 if nblk == 1 else pos.get(lab, 0)
+                           for lab, nblk in zip(labels[nm], x.numblocks))
+                args.append((x.name,) + bi)
+            if "mask" not in blocks and "bias" in blocks:
+                args.insert(3, None)
+            fn = functools.partial(_attn_part, scale=scale, causal=c, offset=d,
+                                   method=method, backend=chunk_backend)
+            key = (mid, 0, len(level)) + idx
+            dsk[key] = (fn,) + tuple(args)
+            level.append(key)
+        depth = 0
+        while len(level) > 1:
+            depth += 1
+            nxt = []
+            for g in range(0, len(level), split):
+                group = level[g:g + split]
+                if len(group) == 1:
+                    nxt.append(group[0])
+                    continue
+                key = (mid, depth, len(nxt)) + idx
+                dsk[key] = (_attn_merge,) + tuple(group)
+                nxt.append(key)
+            level = nxt
+        roots[idx] = level[0]
+
+    out_name = f"cusoft-attention-{token}"
+    lse_name = f"cusoft-attention-lse-{token}"
+    graph = HighLevelGraph.from_collections(mid, dsk, dependencies=list(blocks.values()))
+    layers, deps = dict(graph.layers), dict(graph.dependencies)
+    layers[out_name] = MaterializedLayer(
+        {(out_name,) + idx + (0,): (_attn_out, root, dt) for idx, root in roots.items()})
+    deps[out_name] = {mid}
+    if return_lse:
+        layers[lse_name] = MaterializedLayer(
+            {(lse_name,) + idx: (_attn_lse, root) for idx, root in roots.items()})
+        deps[lse_name] = {mid}
+    hlg = HighLevelGraph(layers, deps)
+    bchunks = tuple(chunks[lab] for lab in bl)
+    qd = blocks["q"]
+    res = da.Array(hlg, out_name, bchunks + (chunks["h"], chunks["i"], (Dv,)),
+                   meta=_meta(qd, nb + 3, dt))
+    if out is not None:
+        res = _handle_out("attention", out, res)
+    if not return_lse:
+        return res
+    adt = _state_dtype(dt)
+    lse = da.Array(hlg, lse_name, bchunks + (chunks["h"], chunks["i"]),
+                   meta=_meta(qd, nb + 2, adt))
+    return res, lse
