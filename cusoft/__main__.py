@@ -32,20 +32,22 @@ def main(argv=None):
 def _print_kernels():
     try:
         from ._cupy._inspect import kernel_resources
+        from ._cupy._module import SOURCES
     except ImportError as exc:
         print(f"kernel resources unavailable: {exc}")
         return
     for arch in ("sm_80", "sm_90"):
-        try:
-            rows = kernel_resources(arch)
-        except Exception as exc:  # nvcc missing or failing: say so, do not crash
-            print(f"{arch}: {type(exc).__name__}: {exc}")
-            continue
         print(f"\n{arch}: {'kernel':60s} {'regs':>5s} {'spill st':>9s} {'spill ld':>9s} "
               f"{'smem':>6s}")
-        for r in rows:
-            print(f"      {r['name'][:60]:60s} {r['registers']:5d} {r['spill_stores']:9d} "
-                  f"{r['spill_loads']:9d} {r.get('shared', 0):6d}")
+        for src in SOURCES:
+            try:
+                rows = kernel_resources(arch, src)
+            except Exception as exc:  # nvcc missing or failing: say so, do not crash
+                print(f"      {src}: {type(exc).__name__}: {exc}")
+                continue
+            for r in rows:
+                print(f"      {r['name'][:60]:60s} {r['registers']:5d} {r['spill_stores']:9d} "
+                      f"{r['spill_loads']:9d} {r.get('shared', 0):6d}")
 
 
 if __name__ == "__main__":

@@ -48,5 +48,8 @@ class SimtBackend(KernelBackend):
     def _function(self, name_expression):
         return get_module().get_function(name_expression)
 
+    def _function_in(self, file, name_expression):
+        return get_module(file).get_function(name_expression)
+
     def _empty(self, like, count, dtype):
         return numpy.empty(count, dtype=dtype)
