@@ -1,0 +1,157 @@
+"""The RawKernel backend on CuPy arrays, against SciPy (float64) and cupyx.scipy.special.
+
+Runs only where CuPy sees a GPU (``pytest -m gpu``; ``bench/gpu_check.sh`` runs it); elsewhere
+every test is skipped with the reason.  The same matrix runs on the CPU through the simt
+emulator in tests/test_kernels_simt.py and tests/test_public_simt.py.
+"""
+
+import numpy as np
+import pytest
+import scipy.special as sp
+
+import cusoft
+from conftest import assert_close
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [np.float16, np.float32, np.float64]
+# shapes reaching warp (short rows), block (medium), online/split (long), column layout
+SHAPES = [((1000, 37), 1), ((300, 1500), 1), ((64, 12000), 1), ((3, 300001), 1),
+          ((1, 2_000_003), None), ((40, 33, 17), 1), ((5000, 3), 0), ((6, 7, 8, 9), (1, 3))]
+
+
+def _adversarial(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * 8
+    flat = x.reshape(-1)
+    flat[::97] = -np.inf
+    flat[5] = 1000.0 if dtype != np.float16 else 6e4
+    return x.astype(dtype)
+
+
+def _cp():
+    import cupy
+
+    return cupy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis", SHAPES)
+def test_forward_family_matches_scipy_and_cupyx(shape, axis, dtype):
+    cp = _cp()
+    import cupyx.scipy.special as cxs
+
+    x = _adversarial(shape, dtype)
+    xd = cp.asarray(x)
+    x64 = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        for fn, ref, peer in ((cusoft.softmax, sp.softmax, cxs.softmax),
+                              (cusoft.log_softmax, sp.log_softmax, cxs.log_softmax)):
+            got = fn(xd, axis=axis)
+            assert isinstance(got, cp.ndarray) and got.dtype == dtype
+            assert_close(cp.asnumpy(got), ref(x64, axis=axis), dtype, what=fn.__name__)
+            if dtype != np.float16:
+                # cupyx computes in the input dtype: agree within its own error
+                other = cp.asnumpy(peer(xd, axis=axis)).astype(np.float64)
+                fin = np.isfinite(other)
+                np.testing.assert_allclose(cp.asnumpy(got)[fin], other[fin],
+                                           rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                           atol=1e-30)
+        got = cusoft.logsumexp(xd, axis=axis)
+        assert_close(cp.asnumpy(got), sp.logsumexp(x64, axis=axis), dtype, what="logsumexp")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_special_rows_every_variant(dtype):
+    cp = _cp()
+    rows = np.array([[1.0, 2.0, 3.0], [np.inf, 1.0, 2.0], [-np.inf] * 3, [np.nan, 1.0, 2.0],
+                     [-np.inf, 0.0, 1.0], [1000.0, -1000.0, 0.0]])
+    for n in (3, 700, 5000, 40000):
+        x = np.tile(rows, (1, -(-n // 3)))[:, :n]
+        if dtype == np.float16:
+            x = np.clip(x, -6e4, 6e4)
+        x = x.astype(dtype)
+        x64 = x.astype(np.float64)
+        with np.errstate(all="ignore"):
+            for method in (None, "3pass"):
+                for fn, ref in ((cusoft.softmax, sp.softmax), (cusoft.log_softmax,
+                                                                 sp.log_softmax)):
+                    got = cp.asnumpy(fn(cp.asarray(x), axis=1, method=method))
+                    assert_close(got, ref(x64, axis=1), dtype, what=f"{fn.__name__} n={n}")
+            r, s = cusoft.logsumexp(cp.asarray(x), axis=1, b=cp.asarray(np.ones_like(x) * -1),
+                                    return_sign=True)
+            rr, ss = sp.logsumexp(x64, axis=1, b=-np.ones_like(x64), return_sign=True)
+            assert_close(cp.asnumpy(r), rr, dtype)
+            assert_close(cp.asnumpy(s), ss, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_and_cross_entropy(dtype):
+    cp = _cp()
+    rng = np.random.default_rng(3)
+    for shape, axis in ((500, 37), 1), ((50, 3000), 1), ((30, 20, 7), 1):
+        z = rng.standard_normal(shape)
+        y, ly = sp.softmax(z, axis=axis), sp.log_softmax(z, axis=axis)
+        dy = rng.standard_normal(shape)
+        for log, yy, fn in ((False, y, cusoft.softmax_backward),
+                            (True, ly, cusoft.log_softmax_backward)):
+            yq, dq = yy.astype(dtype), dy.astype(dtype)
+            y64, d64 = yq.astype(np.float64), dq.astype(np.float64)
+            ref = (d64 - np.exp(y64) * d64.sum(axis=axis, keepdims=True) if log
+                   else y64 * (d64 - np.sum(d64 * y64, axis=axis, keepdims=True)))
+            got = fn(cp.asarray(yq), cp.asarray(dq), axis=axis)
+            assert_close(cp.asnumpy(got), ref, dtype)
+    x = (rng.standard_normal((257, 1000)) * 3).astype(dtype)
+    lab = rng.integers(0, 1000, 257)
+    lab[:3] = -100
+    w = rng.random(1000).astype(dtype)
+    for kw in (dict(), dict(ignore_index=-100, label_smoothing=0.1, weight=w)):
+        loss, grad = cusoft.softmax_cross_entropy(cp.asarray(x), cp.asarray(lab),
+                                                  return_grad=True,
+                                                  **{k: (cp.asarray(v) if k == "weight" else v)
+                                                     for k, v in kw.items()})
+        loss_c, grad_c = cusoft.softmax_cross_entropy(x.astype(np.float64), lab,
+                                                      return_grad=True, **kw)
+        assert_close(cp.asnumpy(loss), loss_c, dtype)
+        assert_close(cp.asnumpy(grad), grad_c, dtype)
+
+
+def test_out_in_place_stream_and_graph_capture():
+    cp = _cp()
+    x = cp.asarray(_adversarial((512, 1024), np.float32))
+    ref = sp.softmax(cp.asnumpy(x).astype(np.float64), axis=1)
+    y = x.copy()
+    assert cusoft.softmax(y, axis=1, out=y) is y
+    assert_close(cp.asnumpy(y), ref, np.float32)
+    # kernels go to the current stream and never synchronise the host: capturable
+    cusoft.softmax(x, axis=1)                       # compile outside the capture
+    out = cp.empty_like(x)
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        s.begin_capture()
+        cusoft.softmax(x, axis=1, out=out)
+        g = s.end_capture()
+    out.fill(0)
+    g.launch(stream=s)
+    s.synchronize()
+    assert_close(cp.asnumpy(out), ref, np.float32)
+
+
+@pytest.mark.slow
+def test_more_than_2_31_elements():
+    cp = _cp()
+    free, _ = cp.cuda.runtime.memGetInfo()
+    n = (1 << 31) + 4099
+    if free < 3 * n * 2 + (1 << 30):
+        pytest.skip(f"needs {3 * n * 2 / 2**30:.1f} GiB of GPU memory, {free / 2**30:.1f} free")
+    x = cp.zeros(n, cp.float16)
+    x[-1] = 8.0
+    got = cusoft.softmax(x)                     # one row over 2^31 elements: split path
+    e = np.exp(8.0)
+    tail = float(got[-1])
+    assert tail == pytest.approx(e / (n - 1 + e), rel=2e-3)
+    assert float(got[12345]) == pytest.approx(1.0 / (n - 1 + e), rel=2e-3)
+    del got
+    rows = x[: (n // 4096) * 4096].reshape(-1, 4096)      # still over 2^31 elements
+    lse = cusoft.logsumexp(rows, axis=1)
+    assert np.allclose(cp.asnumpy(lse[:-1]).astype(np.float64), np.log(4096), rtol=2e-3)
