@@ -121,6 +121,11 @@ def gpu_rows(quick):
                 peers["cusoft_3pass"] = lambda: cusoft.softmax(x, axis=axis, method="3pass")
             except TypeError:
                 pass
+            try:  # the Numba-CUDA fallback on the same (CAI, zero-copy) array
+                cusoft.softmax(x, axis=axis, backend="numba")
+                peers["cusoft_numba"] = lambda: cusoft.softmax(x, axis=axis, backend="numba")
+            except Exception as exc:
+                row["cusoft_numba_skipped"] = f"{type(exc).__name__}: {exc}"[:120]
             if cxs is not None:
                 peers["cupyx"] = lambda: cxs.softmax(x, axis=axis)
             if has_torch:
@@ -138,7 +143,7 @@ def gpu_rows(quick):
                 row[f"{name}_s"] = t
                 row[f"{name}_fraction_of_copy_bw"] = bytes_moved / t / copy_bw
             if row.get("cusoft_s"):
-                for peer in ("cupyx", "torch", "cusoft_3pass"):
+                for peer in ("cupyx", "torch", "cusoft_3pass", "cusoft_numba"):
                     if row.get(f"{peer}_s"):
                         row[f"speedup_vs_{peer}"] = row[f"{peer}_s"] / row["cusoft_s"]
             rows.append(row)
