@@ -55,10 +55,39 @@ tcp://scheduler:8786`` (or ``dask worker`` for CPU nodes) on every node, then
 states (a few floats per row and chunk) cross the network besides the chunks themselves.
 Give each chunk ~100 MB–1 GB on GPUs so a task keeps the device busy.
 
-Attention
----------
-``attention`` is the hook for a later step: the same dict state with an accumulator
-(``{"m", "l", "acc"}``) merged along key chunks, following the ``_merge`` pattern here.
+Attention: split-KV
+-------------------
+``attention(q, k, v, ...)`` with any of q, k, v, mask, bias a Dask array (the others NumPy or
+CuPy) is the Flash-Decoding scheme on a graph, never a rechunk of K/V into one chunk:
+
+* **Layout.**  q may be chunked along batch, heads and queries (independent blocks); k and v
+  along the key axis Lk, and along batch/heads consistently with q.  Query head blocks are
+  cut only at multiples of the GQA group ``G = Hq // Hkv`` (query heads ``[G a, G b)`` meet
+  key/value heads ``[a, b)``).  Every axis takes the coarsest refinement of the chunks the
+  Dask inputs already have; NumPy/CuPy inputs are wrapped with those chunks.  A mask or
+  bias follows q on its batch/head/query axes and k on its key axis; its broadcast
+  (size-1) axes stay size 1, so a ``(Lq, Lk)`` mask is never expanded per head.
+* **Parts.**  One task per (query block, key/value chunk) runs the public ``attention``
+  with ``return_lse=True`` on the chunk's own backend (NumPy -> ``cpu``, CuPy -> ``cupy``;
+  ``backend=`` other than "dask" names the chunk backend, e.g. ``"simt"``).  It reads one
+  q block, one k and one v chunk and their mask/bias blocks, and returns ``(out, lse)``
+  with ``out`` in the accumulation dtype (float16 merges in float32).
+* **Merge.**  ``merge_attention``'s exact rule (weights ``exp(lse_c - lse)``; a chunk with
+  ``lse = -inf`` weighs 0; all-``-inf`` rows give zeros and ``-inf``, never NaN), as a tree
+  of ``split_every`` parts per task (``SPLIT_EVERY`` or Dask's ``split_every``, default 4).
+  Merge tasks hold ``(..., Hq_blk, Lq_blk, Dv)`` states, never a key/value chunk.
+* **Causal.**  The diagonal is aligned bottom-right over the *whole* key axis: query ``r``
+  sees global key ``j <= r + Lk - Lq``.  For rows ``[r0, r1)`` and keys ``[o, o + n)``
+  a chunk entirely above the diagonal (``o > r1 - 1 + Lk - Lq``) has no task at all (it
+  would contribute ``(0, -inf)``); one entirely below it runs non-causal; a chunk that
+  straddles it passes the private ``_causal_offset = r0 - o + Lk - Lq`` to
+  ``cusoft.attention``, which rewrites it as ordinary bottom-right causal calls (dropping
+  keys past the last visible one, or splitting off the rows that see every key), so the
+  NumPy tiles and the CuPy/simt kernels still skip tiles above the diagonal with no
+  kernel change; the numba backend gets the diagonal as a boolean mask instead.
+
+Work is ``O(#query blocks x #key chunks)`` tasks (fewer when causal); each q block is read
+once per key chunk, so long queries against a long cache want large query blocks.
 """
 
 from __future__ import annotations
