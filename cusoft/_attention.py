@@ -55,7 +55,8 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
         Destination, shape ``(..., Hq, Lq, Dv)``, q's dtype and array type.
     backend : {"cpu", "cupy", "simt", "numba"}, optional
         Override the backend chosen from q's array type.  ``"simt"`` runs the CUDA C kernel
-        on the CPU emulator (tests).
+        on the CPU emulator (tests).  With Dask inputs it names the backend every chunk
+        runs on (default: the chunk's array type).
     method : {None, "auto", "tiled", "naive"}
         ``"naive"`` materialises the ``(..., Hq, Lq, Lk)`` logits (the reference and the
         memory-wall baseline); the default is the tiled kernel.
