@@ -149,7 +149,7 @@ def _make(dtype):
         fn.__qualname__ = f"{fn.__name__}_{suffix}"
         fn.__name__ = fn.__qualname__
     jit = njit(nogil=True, cache=True)
-    exp_shifted = jit(exp_shifted)
+    exp_shifted = njit(nogil=True, cache=True, fastmath={"contract"})(exp_shifted)
     fsum = njit(nogil=True, cache=True, fastmath={"reassoc"})(row_sum)
     return dict(softmax_rows=jit(softmax_rows), exp_sum_rows=jit(exp_sum_rows),
                 normalize_rows=jit(normalize_rows), state_rows=jit(state_rows))
