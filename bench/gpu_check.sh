@@ -15,6 +15,11 @@ OUTDIR=${1:-bench/results}
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+# wheels carried to an offline machine (see the device tool's README): dask, distributed, ...
+if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 if ! $PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1; then
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
