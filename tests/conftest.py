@@ -31,6 +31,53 @@ def cxx_reason():
     return None if shutil.which(cxx) else f"no C++ compiler ({cxx}) on PATH for the simt backend"
 
 
+@functools.lru_cache(None)
+def simt_reason():
+    """None when the simt harness can build and run kernels here, else why not."""
+    try:
+        from cusoft.simt import available
+    except Exception as exc:  # the harness itself failed to import
+        return f"cusoft.simt does not import: {exc}"
+    ok, why = available()
+    return None if ok else why
+
+
+def ref_xent(x, target, axis=-1, reduction="mean", ignore_index=None, eps=0.0, weight=None,
+             with_grad=False):
+    """Softmax cross-entropy in float64, straight from the definition (PyTorch's reduction
+    rules: "mean" divides by the summed weight of the kept labels, or by the row count for
+    probability targets); with ``with_grad`` also the gradient softmax*sum(w t) - w t of
+    the reduced loss."""
+    import scipy.special as sp
+
+    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    C = x.shape[-1]
+    logp = sp.log_softmax(x, axis=-1)
+    w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+    if np.asarray(target).dtype.kind in "iu":
+        lab = np.asarray(target)
+        keep = np.ones(lab.shape, bool) if ignore_index is None else lab != ignore_index
+        safe = np.where(keep, lab, 0)
+        t = np.eye(C)[safe] * (1 - eps) + eps / C
+        t = t * keep[..., None]
+        den = np.sum(w[safe] * keep)
+    else:
+        t = (1 - eps) * np.moveaxis(np.asarray(target, np.float64), axis, -1) + eps / C
+        den = t[..., 0].size
+    wt = t * w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = -np.sum(np.where(wt == 0, 0, wt * logp), axis=-1)
+        grad = np.exp(logp) * wt.sum(axis=-1, keepdims=True) - wt
+        if reduction == "sum":
+            loss = loss.sum()
+        elif reduction == "mean":
+            loss = loss.sum() / den
+            grad = grad / den
+    if with_grad:
+        return loss, np.moveaxis(grad, -1, axis)
+    return loss
+
+
 def pytest_collection_modifyitems(config, items):
     reason = gpu_reason()
     if reason is None:

@@ -16,21 +16,12 @@ import numpy as np
 import pytest
 import scipy.special as sp
 
-from conftest import TOL, assert_close
+from conftest import TOL, assert_close, simt_reason
 
 from cusoft import _numerics
 
 
-def _simt_reason():
-    try:
-        from cusoft.simt import available
-    except Exception as exc:  # the harness itself failed to import
-        return f"cusoft.simt does not import: {exc}"
-    ok, why = available()
-    return None if ok else why
-
-
-_reason = _simt_reason()
+_reason = simt_reason()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"simt harness: {_reason}")
 
 DTYPES = (np.float16, np.float32, np.float64)
