@@ -72,6 +72,17 @@ def _blocks(outer, n, inner, itemsize):
             for o in range(outer) for i in range(0, inner, per)]
 
 
+def _column_tasks(outer, n, inner, itemsize):
+    """For the column layout with large (n, inner) slabs: chunks of whole rows of one slab,
+    each about ``_BLOCK_BYTES`` and contiguous, as (o, row slice); None when slabs are small
+    (then blocks of whole slabs do better)."""
+    slab = n * inner * itemsize
+    if inner == 1 or slab < _BLOCK_BYTES // 4:
+        return None
+    per = max(1, _BLOCK_BYTES // (inner * itemsize))
+    return [(o, slice(j, min(j + per, n))) for o in range(outer) for j in range(0, n, per)]
+
+
 def _fused_rows(x2, o2, cdt, log):
     """The Numba row kernel on a (rows, n) block; False when a row max is not finite
     (the block then takes the NumPy rules)."""
@@ -102,6 +113,9 @@ class CpuBackend(Backend):
     def softmax(self, x, out, log):
         outer, n, inner = x.shape
         cdt = _compute_dtype(x.dtype)
+        tasks = _column_tasks(outer, n, inner, cdt.itemsize)
+        if tasks is not None and self._softmax_columns(x, out, log, tasks, cdt):
+            return out
         blocks = _blocks(outer, n, inner, np.dtype(cdt).itemsize)
         if blocks is None:
             return self._softmax_split(x, out, log)
@@ -121,6 +135,74 @@ class CpuBackend(Backend):
 
         _map(run, blocks, x.nbytes)
         return out
+
+    def _column_states(self, x, b, tasks, cdt):
+        """(m, c, r) of every column of the column layout, from per-chunk states merged in
+        row order (exact: the maxima keep their counts)."""
+        outer, _, inner = x.shape
+
+        def st(task):
+            o, js = task
+            xb = x[o:o + 1, js, :].astype(cdt, copy=False)
+            bb = None if b is None else b[o:o + 1, js, :].astype(cdt, copy=False)
+            return nm.partial_block(xb, bb)
+
+        states = _map(st, tasks, x.nbytes)
+        m = np.empty((outer, inner), cdt)
+        c = np.empty_like(m)
+        r = np.empty_like(m)
+        done = set()
+        for (o, _), stt in zip(tasks, states):
+            if o in done:
+                mm, cc, rr = nm.merge_state(m[o:o + 1], c[o:o + 1], r[o:o + 1], *stt)
+            else:
+                mm, cc, rr = stt
+                done.add(o)
+            m[o:o + 1], c[o:o + 1], r[o:o + 1] = mm, cc, rr
+        return m, c, r
+
+    def _softmax_columns(self, x, out, log, tasks, cdt):
+        """softmax over axis 1 of large column-layout slabs: per-chunk column (max, sum-exp)
+        by the Numba kernels, merged with the online rule, then one normalising pass over
+        contiguous row chunks.  False (nothing written) when a column max is not finite: the
+        NumPy rules of the block path handle those."""
+        outer, _, inner = x.shape
+
+        def state(task):
+            o, js = task
+            xb = x[o, js, :].astype(cdt, copy=False)
+            with np.errstate(invalid="ignore"):
+                mb = xb.max(axis=0)
+            if not np.isfinite(mb).all():
+                return mb, None
+            return mb, _cpu_kernels.col_exp_sum(xb, mb)
+
+        states = _map(state, tasks, x.nbytes)
+        if any(sb is None for _, sb in states):
+            return False
+        M = np.full((outer, inner), -np.inf, cdt)
+        for (o, _), (mb, _) in zip(tasks, states):
+            np.maximum(M[o], mb, out=M[o])
+        S = np.zeros((outer, inner), np.float64)
+        for (o, _), (mb, sb) in zip(tasks, states):
+            S[o] += sb * np.exp(mb.astype(np.float64) - M[o])
+        shift = (M + np.log(S)).astype(cdt)
+        inv = (1.0 / S).astype(cdt)
+
+        def norm(task):
+            o, js = task
+            xb = x[o, js, :].astype(cdt, copy=False)
+            ob = out[o, js, :]
+            if ob.dtype == cdt:
+                _cpu_kernels.col_normalize(xb, M[o], inv[o], shift[o], ob, log)
+            else:
+                tmp = np.empty_like(xb)
+                _cpu_kernels.col_normalize(xb, M[o], inv[o], shift[o], tmp, log)
+                with np.errstate(over="ignore"):
+                    ob[...] = tmp
+
+        _map(norm, tasks, x.nbytes)
+        return True
 
     def _chunks(self, n, itemsize):
         per = max(1, _BLOCK_BYTES // itemsize)
@@ -170,6 +252,9 @@ class CpuBackend(Backend):
             st = self._states_fused(x[:, :, 0])
             if st is not None:
                 return st
+        tasks = _column_tasks(outer, n, inner, cdt.itemsize)
+        if tasks is not None:
+            return self._column_states(x, b, tasks, cdt)
         blocks = _blocks(outer, n, inner, np.dtype(cdt).itemsize)
         if blocks is None:
             chunks = self._chunks(n, np.dtype(cdt).itemsize)

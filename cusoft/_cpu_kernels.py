@@ -127,6 +127,36 @@ def _make(dtype):
             c[i] = cnt
             r[i] = acc
 
+    def col_exp_sum(x, m, s):
+        # column layout chunk x (k, inner): s[i] += sum_j exp(x[j, i] - m[i])
+        k, inner = x.shape
+        kbits = np.empty(inner, itype)
+        d = np.empty(inner, ftype)
+        e = np.empty(inner, ftype)
+        for j in range(k):
+            for i in range(inner):
+                d[i] = x[j, i] - m[i]
+            exp_shifted(d, ftype(0), e, kbits)
+            for i in range(inner):
+                s[i] += e[i]
+
+    def col_normalize(x, m, inv, shift, out, log):
+        # out[j, i] = exp(x[j, i] - m[i]) * inv[i]  or  x[j, i] - shift[i]
+        k, inner = x.shape
+        kbits = np.empty(inner, itype)
+        d = np.empty(inner, ftype)
+        for j in range(k):
+            if log:
+                for i in range(inner):
+                    out[j, i] = x[j, i] - shift[i]
+            else:
+                for i in range(inner):
+                    d[i] = x[j, i] - m[i]
+                o = out[j]
+                exp_shifted(d, ftype(0), o, kbits)
+                for i in range(inner):
+                    o[i] = o[i] * inv[i]
+
     def normalize_rows(x, M, S, out, log):
         # every row shares the global (M, S): out = exp(x - M) / S or (x - M) - log S
         R, n = x.shape
@@ -145,14 +175,16 @@ def _make(dtype):
                     for j in range(b - a):
                         o[j] = o[j] * inv
 
-    for fn in (exp_shifted, row_sum, softmax_rows, exp_sum_rows, state_rows, normalize_rows):
+    for fn in (exp_shifted, row_sum, softmax_rows, exp_sum_rows, state_rows, normalize_rows,
+               col_exp_sum, col_normalize):
         fn.__qualname__ = f"{fn.__name__}_{suffix}"
         fn.__name__ = fn.__qualname__
     jit = njit(nogil=True, cache=True)
     exp_shifted = njit(nogil=True, cache=True, fastmath={"contract"})(exp_shifted)
     fsum = njit(nogil=True, cache=True, fastmath={"reassoc"})(row_sum)
     return dict(softmax_rows=jit(softmax_rows), exp_sum_rows=jit(exp_sum_rows),
-                normalize_rows=jit(normalize_rows), state_rows=jit(state_rows))
+                normalize_rows=jit(normalize_rows), state_rows=jit(state_rows),
+                col_exp_sum=jit(col_exp_sum), col_normalize=jit(col_normalize))
 
 
 _kernels = {}
@@ -185,6 +217,18 @@ def state_rows(x, m):
     r = np.empty(x.shape[0], np.float64)
     _get(x.dtype, "state_rows")(x, m, c, r)
     return c, r
+
+
+def col_exp_sum(x, m):
+    """Per-column sum(exp(x - m)) of a (k, inner) chunk with finite column maxima m."""
+    s = np.zeros(x.shape[1], np.float64)
+    _get(x.dtype, "col_exp_sum")(x, m, s)
+    return s
+
+
+def col_normalize(x, m, inv, shift, out, log):
+    """out = exp(x - m) * inv (or x - shift) for a (k, inner) chunk, per column."""
+    _get(x.dtype, "col_normalize")(x, m, inv, shift, out, log)
 
 
 def normalize_rows(x, M, S, out, log):

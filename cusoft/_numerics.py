@@ -31,13 +31,14 @@ def softmax_block(x, out, log):
         np.subtract(x, m, out=out)
         if log:
             e = np.exp(out)
-            s = np.sum(e, axis=1, keepdims=True)
+            # float64 sums: NumPy adds strided (column) reductions one by one, not pairwise
+            s = np.sum(e, axis=1, keepdims=True, dtype=np.float64).astype(x.dtype)
             np.subtract(out, np.log(s), out=out)
             if not all_finite:
                 _log_softmax_nonfinite(raw, m, finite, out)
         else:
             np.exp(out, out=out)
-            s = np.sum(out, axis=1, keepdims=True)
+            s = np.sum(out, axis=1, keepdims=True, dtype=np.float64).astype(x.dtype)
             np.multiply(out, np.reciprocal(s), out=out)
             if not all_finite:
                 np.copyto(out, np.nan, where=~finite)
@@ -74,7 +75,7 @@ def partial_block(x, b=None):
             c = np.sum(np.where(at_max, b, 0), axis=1, dtype=x.dtype)
             np.multiply(t, b, out=t)
         np.copyto(t, 0, where=at_max)
-        r = np.sum(t, axis=1)
+        r = np.sum(t, axis=1, dtype=np.float64).astype(x.dtype)
     return m[:, 0, :], c, r
 
 

@@ -5,9 +5,9 @@ import pytest
 import scipy.special as sp
 
 import cusoft
-from conftest import assert_close, cxx_reason
+from conftest import assert_close, simt_reason
 
-pytestmark = pytest.mark.skipif(cxx_reason() is not None, reason=str(cxx_reason()))
+pytestmark = pytest.mark.skipif(simt_reason() is not None, reason=f"simt harness: {simt_reason()}")
 
 
 @pytest.mark.parametrize("method", [None, "3pass", "warp", "block", "online", "split"])
