@@ -13,7 +13,7 @@ B*H*Lq*Lk logits (several times: scores, softmax, PV).
 Every configuration is validated (against PyTorch or a float64 reference on a slice) before it
 is timed.  Results are printed as a table and written as JSON to bench/results/.
 
-    python bench/bench_attention.py [--quick]
+    python bench/bench_attention.py [--quick] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _peak_gpu(fn):
     return peak
 
 
-def bench_gpu(quick):
+def bench_gpu(quick, save=lambda rows: None):
     import cupy
 
     torch = _torch_cuda()
@@ -153,12 +153,13 @@ def bench_gpu(quick):
                         row["torch_tflops"] = flops(B, H, L, L, D, causal) / t_t / 1e12
                     rows.append(row)
                     print(_fmt(row), flush=True)
+                    save(rows)   # a run cut short by a time limit keeps what it measured
     return rows, cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
 
 
 # -- CPU ------------------------------------------------------------------------------------
 
-def bench_cpu(quick):
+def bench_cpu(quick, save=lambda rows: None):
     import tracemalloc
 
     rows = []
@@ -191,6 +192,7 @@ def bench_cpu(quick):
                     row[key + "peak_bytes"] = peak
                 rows.append(row)
                 print(_fmt(row), flush=True)
+                save(rows)
     return rows, platform.processor() or platform.machine()
 
 
@@ -209,23 +211,29 @@ def _fmt(r):
     return s + f"  err {r['max_rel_err']:.1e}"
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes")
-    args = ap.parse_args()
-    if _gpu_available():
-        rows, device = bench_gpu(args.quick)
-        tag = "gpu"
+    ap.add_argument("--out", default=os.path.join(HERE, "results"),
+                    help="folder for attention_<gpu|cpu>.json (default bench/results)")
+    args = ap.parse_args(argv)
+    gpu = _gpu_available()
+    tag = "gpu" if gpu else "cpu"
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"attention_{tag}.json")
+
+    def save(rows, device=None):
+        res = dict(benchmark="attention", device=device, platform=platform.platform(),
+                   numpy=np.__version__, time=time.strftime("%Y-%m-%dT%H:%M:%S"), rows=rows)
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1)
+
+    if gpu:
+        rows, device = bench_gpu(args.quick, save)
     else:
         print("no CUDA GPU: timing the NumPy path (tiled vs naive) at small sizes")
-        rows, device = bench_cpu(args.quick)
-        tag = "cpu"
-    res = dict(benchmark="attention", device=device, platform=platform.platform(),
-               numpy=np.__version__, time=time.strftime("%Y-%m-%dT%H:%M:%S"), rows=rows)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", f"attention_{tag}.json")
-    with open(path, "w") as f:
-        json.dump(res, f, indent=1)
+        rows, device = bench_cpu(args.quick, save)
+    save(rows, device)
     print(f"wrote {path}")
 
 

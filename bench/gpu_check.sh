@@ -57,7 +57,7 @@ else
 fi
 step bench-softmax 150 $PY bench/bench_softmax.py --out "$OUTDIR"
 if [ -f bench/bench_attention.py ]; then
-    step bench-attention 120 $PY bench/bench_attention.py --out "$OUTDIR"
+    step bench-attention 120 $PY bench/bench_attention.py --quick --out "$OUTDIR"
 fi
 $PY bench/report.py "$OUTDIR" "$base" "${status[@]}"
 echo; echo "summary: ${status[*]}"
