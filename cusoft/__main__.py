@@ -39,9 +39,15 @@ def _print_kernels():
     for arch in ("sm_80", "sm_90"):
         print(f"\n{arch}: {'kernel':60s} {'regs':>5s} {'spill st':>9s} {'spill ld':>9s} "
               f"{'smem':>6s}")
-        for src in SOURCES:
+        for src in SOURCES + ("attention.cu",):
             try:
-                rows = kernel_resources(arch, src)
+                if src == "attention.cu":
+                    from . import _attention_launch as al
+                    from ._cupy._inspect import ptxas_resources
+
+                    rows = ptxas_resources(arch, al.kernel_source(), al.all_kernel_names())
+                else:
+                    rows = kernel_resources(arch, src)
             except Exception as exc:  # nvcc missing or failing: say so, do not crash
                 print(f"      {src}: {type(exc).__name__}: {exc}")
                 continue

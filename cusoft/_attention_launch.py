@@ -84,21 +84,12 @@ NVRTC_OPTIONS = ("-std=c++17",)
 
 @functools.lru_cache(None)
 def fp16_include_options():
-    """``-I`` for a directory holding ``cuda_fp16.h`` (NVRTC has no default search path):
-    CuPy's CUDA root, then ``$CUDA_PATH``/``$CUDA_HOME``, then ``/usr/local/cuda``; empty when
-    none has it (CuPy may still find it through its own include list)."""
-    roots = []
-    try:
-        import cupy._environment as env
+    """``-I`` for the directory holding ``cuda_fp16.h`` (NVRTC has no default search path);
+    the one lookup of ``cusoft._cupy._module.cuda_include_dirs``."""
+    from cusoft._cupy._module import cuda_include_dirs
 
-        roots.append(env.get_cuda_path())
-    except Exception:  # CuPy absent or without a CUDA root: try the usual places
-        pass
-    roots += [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
-    for root in roots:
-        if root and os.path.exists(os.path.join(root, "include", "cuda_fp16.h")):
-            return ("-I" + os.path.join(root, "include"),)
-    return ()
+    return tuple(f"-I{d}" for d in cuda_include_dirs())
+
 
 _lock = threading.Lock()
 _cupy_modules = {}

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import re
+import shutil
 
 #: Options passed to ``cupy.RawModule`` (CuPy appends its own -I, -arch, -ftz=true and
 #: --device-as-default-execution-space; see :func:`nvrtc_options`).
@@ -175,6 +176,35 @@ def nvrtc_options(arch, include_dirs=()):
     return opts
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_include_dirs():
+    """Directories holding ``cuda_fp16.h`` for NVRTC, which has no default search path:
+    CuPy's CUDA root, then $CUDA_PATH / $CUDA_HOME, then nvcc's, then /usr/local/cuda.
+    Every runtime compile (these op files and attention.cu) and the compile tests use it."""
+    roots = []
+    try:
+        import cupy._environment as env
+
+        roots.append(env.get_cuda_path())
+    except Exception:  # CuPy absent or without a CUDA root
+        pass
+    roots += [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    roots.append("/usr/local/cuda")
+    for root in roots:
+        if root and os.path.exists(os.path.join(root, "include", "cuda_fp16.h")):
+            return (os.path.join(root, "include"),)
+    return ()
+
+
+def runtime_options():
+    """:data:`OPTIONS` plus the ``-I`` NVRTC needs for ``cuda_fp16.h`` (harmless where CuPy
+    adds its own)."""
+    return OPTIONS + tuple(f"-I{d}" for d in cuda_include_dirs())
+
+
 _modules = {}
 
 
@@ -187,7 +217,7 @@ def get_module(name="softmax.cu"):
     key = (dev, name, source_hash(name))
     mod = _modules.get(key)
     if mod is None:
-        mod = cupy.RawModule(code=source(name), options=OPTIONS,
+        mod = cupy.RawModule(code=source(name), options=runtime_options(),
                              name_expressions=list(name_expressions(name)))
         _modules[key] = mod
     return mod
