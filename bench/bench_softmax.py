@@ -112,14 +112,17 @@ def gpu_rows(quick):
         for shape in shapes:
             x = (rng.standard_normal(shape, dtype=cp.float32) * 4).astype(dt)
             axis = 1
-            ref = sp.softmax(cp.asnumpy(x).astype(np.float64), axis=axis)
+            # validate on a sample of rows (rows are independent): keeps the float64 reference
+            # cheap on 2^24..2^26-element inputs
+            sample = slice(0, min(64, shape[0]))
+            ref = sp.softmax(cp.asnumpy(x[sample]).astype(np.float64), axis=axis)
             row = dict(device="gpu", shape=list(shape), dtype=np.dtype(dt).name)
             bytes_moved = 2 * x.nbytes
             peers = {"cusoft": lambda: cusoft.softmax(x, axis=axis)}
             try:
                 cusoft.softmax(x, axis=axis, method="3pass")
                 peers["cusoft_3pass"] = lambda: cusoft.softmax(x, axis=axis, method="3pass")
-            except TypeError:
+            except (TypeError, ValueError):
                 pass
             try:  # the Numba-CUDA fallback on the same (CAI, zero-copy) array
                 cusoft.softmax(x, axis=axis, backend="numba")
@@ -132,8 +135,7 @@ def gpu_rows(quick):
                 tx = torch.as_tensor(x, device="cuda")
                 peers["torch"] = lambda: torch.softmax(tx, dim=axis)
             for name, fn in peers.items():
-                got = fn()
-                got = cp.asnumpy(cp.asarray(got))
+                got = cp.asnumpy(cp.asarray(fn())[sample])
                 err = error(got, ref, np.dtype(dt))
                 row[f"{name}_error"] = err
                 if not err <= max(TOLERANCE[np.dtype(dt)], 1e-2 if dt == cp.float16 else 0):
