@@ -640,19 +640,10 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
     da = _da()
     fname = "softmax_cross_entropy"
     x = da.asarray(logits)
-    if x.ndim == 0:
-        raise ValueError(f"cusoft.{fname}: logits must have at least one dimension (classes)")
-    dt = np.dtype(x.dtype)
-    if dt.kind in "biu":
-        dt = np.dtype(np.float64)
-    if dt not in v._FLOATS:
-        raise TypeError(f"cusoft.{fname}: logits dtype {dt} is not supported; use float16, "
-                        f"float32 or float64")
+    from ._xent import check_logits
+
+    dt, ax, shape, C, rows_shape = check_logits(fname, x, axis)
     cdt = _state_dtype(dt)
-    (ax,) = v.normalize_axes(axis, x.ndim, fname)
-    shape = tuple(x.shape)
-    C = shape[ax]
-    rows_shape = shape[:ax] + shape[ax + 1:]
     rows_chunks = x.chunks[:ax] + x.chunks[ax + 1:]
     tdt = np.dtype(target.dtype) if hasattr(target, "dtype") else np.asarray(target).dtype
     tshape = tuple(np.shape(target))

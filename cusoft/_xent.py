@@ -19,6 +19,22 @@ def _host(a):
     return arrays.to_host(a)
 
 
+def check_logits(fname, x, axis):
+    """The compute dtype, class axis, shape, class count and per-row shape of ``logits``
+    (any array type), with the errors a NumPy user expects."""
+    if x.ndim == 0:
+        raise ValueError(f"cusoft.{fname}: logits must have at least one dimension (classes)")
+    dt = np.dtype(x.dtype)
+    if dt.kind in "biu":
+        dt = np.dtype(np.float64)
+    if dt not in v._FLOATS:
+        raise TypeError(f"cusoft.{fname}: logits dtype {dt} is not supported; use float16, "
+                        f"float32 or float64")
+    (ax,) = v.normalize_axes(axis, x.ndim, fname)
+    shape = tuple(x.shape)
+    return dt, ax, shape, shape[ax], shape[:ax] + shape[ax + 1:]
+
+
 def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_index=None,
                           label_smoothing=0.0, weight=None, return_grad=False, backend=None):
     """Cross-entropy between ``softmax(logits, axis)`` and ``target``.
@@ -66,18 +82,7 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
     xp = v.xp_for(kind)
     x = v.asarray_checked(fname, logits, kind, "logits")
     t = v.asarray_checked(fname, target, kind, "target")
-    if x.ndim == 0:
-        raise ValueError(f"cusoft.{fname}: logits must have at least one dimension (classes)")
-    dt = np.dtype(x.dtype)
-    if dt.kind in "biu":
-        dt = np.dtype(np.float64)
-    if dt not in v._FLOATS:
-        raise TypeError(f"cusoft.{fname}: logits dtype {dt} is not supported; use float16, "
-                        f"float32 or float64")
-    (ax,) = v.normalize_axes(axis, x.ndim, fname)
-    shape = tuple(x.shape)
-    C = shape[ax]
-    rows_shape = shape[:ax] + shape[ax + 1:]
+    dt, ax, shape, C, rows_shape = check_logits(fname, x, axis)
     tdt = np.dtype(t.dtype)
     labels = probs = None
     if tdt.kind in "iu":
