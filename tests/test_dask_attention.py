@@ -26,17 +26,8 @@ pytest.importorskip("distributed")
 from dask.callbacks import Callback  # noqa: E402  (after the importorskip)
 from dask.core import flatten, get_dependencies  # noqa: E402
 
-from test_dask import cluster  # noqa: E402,F401  (the module's two-process LocalCluster)
-
-
-@pytest.fixture(autouse=True)
-def synchronous(request):
-    """In-process scheduler, except for the cluster test."""
-    if "cluster" in request.fixturenames:
-        yield
-        return
-    with dask.config.set(scheduler="synchronous"):
-        yield
+# the two-process LocalCluster, and the autouse in-process scheduler for every other test
+from test_dask import cluster, synchronous  # noqa: E402,F401
 
 
 def compare(got_out, got_lse, q, k, v, **kw):
