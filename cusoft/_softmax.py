@@ -90,12 +90,29 @@ def _softmax_like(fname, x, axis, out, backend, log, method=None):
         xk = v.astype(xk, dt)
     x3, info = v.to_canonical(xp, xk, axes)
     direct = (out is not None and user_kind == kind and info[0] != "moved"
-              and out.flags.c_contiguous)
+              and out.flags.c_contiguous and _same_or_disjoint(xp, out, x3))
     o3 = out.reshape(x3.shape) if direct else xp.empty(x3.shape, dt)
     be.softmax(x3, o3, log)
     if direct:
         return out
     return v.finish(v.from_canonical(xp, o3, info), x, out)
+
+
+def _same_or_disjoint(xp, out, x3):
+    """Kernels may write ``out`` in place of their input only when it is the input itself
+    (same first element, same size, both C-contiguous) or shares no memory with it; a
+    partial overlap goes through a temporary, as NumPy's ufuncs do."""
+    if _address(out) is not None and _address(out) == _address(x3):
+        return out.size == x3.size
+    may_share = getattr(xp, "may_share_memory", None)
+    return may_share is None or not may_share(out, x3)
+
+
+def _address(a):
+    if hasattr(a, "__array_interface__"):
+        return a.__array_interface__["data"][0]
+    data = getattr(a, "data", None)
+    return getattr(data, "ptr", None)  # CuPy
 
 
 def _scipy_fallback(fname, xk, axis, out):

@@ -190,3 +190,12 @@ def test_large_column_slabs_accurate_with_special_columns(dtype):
     x[:, 9] = 1000.0
     for name, fn, ref in FUNCS:
         assert_close(fn(x, axis=0), _ref(ref, x, 0), dtype, what=name + " special")
+
+
+def test_out_partially_overlapping_the_input():
+    a = np.random.default_rng(8).standard_normal(300)
+    x = a[0:200].reshape(20, 10)
+    expect = sp.softmax(x.copy(), axis=1)
+    out = a[50:250].reshape(20, 10)          # overlaps x by 150 elements, shifted
+    cusoft.softmax(x, axis=1, out=out)
+    assert_close(out, expect, np.float64)
