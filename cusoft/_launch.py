@@ -27,7 +27,7 @@ otherwise ``block``.
 softmax_backward (``kernels_cu/backward.cu``): ``col`` for inner > 1, ``warp`` for n <= 1024
 (y and dy in registers), ``split`` as above, otherwise ``block`` (two streaming reads).
 cross_entropy (``kernels_cu/xent.cu``): ``col`` for inner > 1, ``warp`` for n <= 512,
-otherwise ``block``.  ``variant=`` forces a variant (tests use it at small sizes); ``threads``
+``split`` as above (stats + apply, 5 partial values per chunk), otherwise ``block``.  ``variant=`` forces a variant (tests use it at small sizes); ``threads``
 and ``chunk_len`` override the block size and the split chunk length.
 """
 
@@ -56,7 +56,7 @@ XENT_WARP_MAX_N = 32 * max(XENT_WARP_K)
 SOFTMAX_VARIANTS = ("3pass", "warp", "block", "online", "split", "col")
 REDUCE_VARIANTS = ("warp", "block", "split", "col")
 BACKWARD_VARIANTS = ("warp", "block", "split", "col")
-XENT_VARIANTS = ("warp", "block", "col")
+XENT_VARIANTS = ("warp", "block", "split", "col")
 
 
 @dataclass(frozen=True)
@@ -377,9 +377,10 @@ XENT_ARGS = ("x", "labels", "probs", "has_probs", "weight", "has_weight", "ignor
              "smoothing", "loss", "grad", "has_grad", "grad_scale")
 
 
-def launch_xent(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, threads=None):
+def launch_xent(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, threads=None,
+                chunk_len=None):
     """Plan for the fused cross-entropy of logits x (outer, n, inner): loss (outer, inner)
-    and, when asked, grad like x."""
+    and, when asked, grad like x; workspace ws (split only)."""
     dtype = numpy.dtype(dtype)
     acc = acc_dtype(dtype)
     rows = outer * inner
@@ -387,7 +388,8 @@ def launch_xent(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, thr
         return Plan("empty", ())
     if n == 0:
         return Plan("empty-rows", ())   # the backend writes loss 0
-    variant = _row_variant(inner, n, rows, limits, variant, XENT_VARIANTS, XENT_WARP_MAX_N)
+    variant = _row_variant(inner, n, rows, limits, variant, XENT_VARIANTS, XENT_WARP_MAX_N,
+                           split=True)
     if variant != "col":
         _check_threads(threads, 256 if variant == "warp" else MAX_BLOCK, variant)
     cap = _grid_cap(limits)
@@ -403,9 +405,21 @@ def launch_xent(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, thr
         return Plan(variant, (Launch(kname("xent_warp", dtype, k),
                                      (min(_cdiv(rows, t // 32), cap), 1, 1), (t, 1, 1), 0,
                                      XENT_ARGS + (_i64(rows), _i64(n))),))
-    t = threads or (256 if n < SPLIT_MIN_N else MAX_BLOCK)
-    return Plan(variant, (Launch(kname("xent_block", dtype), (min(rows, cap), 1, 1), (t, 1, 1),
-                                 SCRATCH_BYTES, XENT_ARGS + (_i64(rows), _i64(n))),))
+    if variant == "block":
+        t = threads or (256 if n < SPLIT_MIN_N else MAX_BLOCK)
+        return Plan(variant, (Launch(kname("xent_block", dtype), (min(rows, cap), 1, 1), (t, 1, 1),
+                                     SCRATCH_BYTES, XENT_ARGS + (_i64(rows), _i64(n))),))
+    # split: (m, s, W, D, K) per (row, chunk); see kernels_cu/xent.cu
+    t = threads or MAX_BLOCK
+    chunks, clen = _split_shape(rows, n, limits, chunk_len)
+    grid = (min(rows * chunks, cap), 1, 1)
+    shape = (_i64(rows), _i64(n), _i64(chunks), _i64(clen))
+    return Plan(variant, (
+        Launch(kname("xent_split_stats", dtype), grid, (t, 1, 1), SCRATCH_BYTES,
+               XENT_ARGS + ("ws",) + shape),
+        Launch(kname("xent_split_apply", dtype), grid, (t, 1, 1), SCRATCH_BYTES,
+               XENT_ARGS + ("ws",) + shape),
+    ), {"ws": (5 * rows * chunks, acc)})
 
 
 def all_kernel_names(file="softmax.cu"):
@@ -427,7 +441,8 @@ def all_kernel_names(file="softmax.cu"):
             for v in XENT_VARIANTS:
                 inner = 3 if v == "col" else 1
                 for n in ((1, 33, 100, 200, 500) if v == "warp" else (5000,)):
-                    names.update(la.kernel for la in launch_xent(2, n, inner, dt, variant=v).launches)
+                    p = launch_xent(2, n, inner, dt, variant=v, chunk_len=1024)
+                    names.update(la.kernel for la in p.launches)
         return names
     if file != "softmax.cu":
         raise KeyError(file)

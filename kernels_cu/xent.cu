@@ -17,6 +17,9 @@
 //                            pass (loss terms, gradient) runs from registers.
 //   xent_block<T>       2R   longer rows: a block per row; one online (max, sum exp, W) pass,
 //                            then a pass over x for the loss terms and the gradient.
+//   xent_split_stats<T> + xent_split_apply<T>
+//                       2R   few very long rows: blocks own (row, chunk) pairs; partials per
+//                            chunk in a workspace, merged in a fixed order (end of file).
 //   xent_col<T>         2R   column layout (inner > 1): threadIdx.x walks inner (coalesced),
 //                            threadIdx.y splits the classes; states meet in shared memory.
 // Probability targets are read in both passes (W is needed before the first gradient write);
@@ -361,5 +364,171 @@ xent_col(CUSOFT_XENT_PARAMS, i64 outer, i64 n, i64 inner)
         }
         l = col_merge(l, reinterpret_cast<SumOp<A>*>(slots));
         if (active && threadIdx.y == 0) loss[o * inner + i] = Traits<T>::store(live ? -l.v : A(0));
+    }
+}
+
+// =======================================================================================
+// Split rows (row layout, few very long rows): block b of the grid-stride loop owns
+// chunk b % chunks of row b / chunks, i.e. classes [start, start + len) with
+// start = chunk * chunk_len.  Two launches, no atomics:
+//   xent_split_stats  one partial per (row, chunk) into ws (5 values, see XentChunk);
+//   xent_split_apply  every block of a row merges the row's partials in the same order
+//                     (same bits everywhere), writes its gradient chunk, and the chunk-0
+//                     block writes the loss.
+// Loss from the partials: with m the row max and s = sum exp(x - m),
+//   loss = -sum_c w_c t_c (x_c - m - log s) = W log s - sum_c w_c t_c (x_c - m),
+// and a chunk's part of the last sum is D + W_chunk (m_chunk - m), where
+// D = sum w_c t_c (x_c - m_chunk) is taken against the chunk max (so +-1000 logits do not
+// cancel at the magnitude of x).  Terms with w_c t_c == 0 are skipped.  A chunk whose max
+// is not finite stores D = sum w_c t_c x_c instead; the special rows use it (LogpRule's
+// cases: an all -inf or NaN row gives NaN when it has a term; a +inf max gives NaN when a
+// term sits at a +inf logit, else +inf).  K counts the terms, so a row without any gives 0.
+// Ignored label rows: stats skip them (ws is not read); apply writes loss 0 and grad 0.
+// grad may alias x: stats reads all of x before the apply launch; apply reads an element
+// of its own chunk before the same thread overwrites it.
+// Dynamic shared memory: kScratchBytes (4 values per warp).
+// =======================================================================================
+// (m, s) of the logits, W and the term count K of a chunk (or, merged, of a row).
+template <typename A> struct XentChunk {
+    MaxSum<A> ms;
+    A w, k;
+    CUSOFT_DEV void init() { ms.init(); w = A(0); k = A(0); }
+    static CUSOFT_DEV XentChunk merge(const XentChunk& a, const XentChunk& b)
+    {
+        XentChunk o;
+        o.ms = MaxSum<A>::merge(a.ms, b.ms);
+        o.w = a.w + b.w;
+        o.k = a.k + b.k;
+        return o;
+    }
+    CUSOFT_DEV XentChunk shfl_xor(int lane_mask) const
+    {
+        XentChunk o;
+        o.ms = ms.shfl_xor(lane_mask);
+        o.w = __shfl_xor_sync(kFullMask, w, lane_mask);
+        o.k = __shfl_xor_sync(kFullMask, k, lane_mask);
+        return o;
+    }
+};
+
+// ws layout: 5 values per (row, chunk), row-major: m, s, W, D, K.
+static constexpr int kXentSplitVals = 5;
+
+template <typename T>
+__global__ void CUSOFT_BOUNDS(512)
+xent_split_stats(CUSOFT_XENT_PARAMS, acc_t<T>* ws, i64 rows, i64 n, i64 chunks, i64 chunk_len)
+{
+    typedef acc_t<T> A;
+    CUSOFT_DYN_SMEM(unsigned char, smem);
+    const BlockGroup g(smem);
+    const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
+                                    grad, has_grad, grad_scale, n);
+    for (i64 b = blockIdx.x; b < rows * chunks; b += gridDim.x) {
+        const i64 row = b / chunks, start = (b % chunks) * chunk_len;
+        const i64 len = n - start < chunk_len ? n - start : chunk_len;
+        const i64 label = has_probs ? -1 : labels[row];
+        if (!has_probs && label == ignore_index) continue;  // uniform; apply writes the row
+        const T* xc = x + row * n + start;
+        const T* pr = probs + (has_probs ? row * n : 0);
+        XentChunk<A> st;
+        st.init();
+        row_visit(xc, len, g.rank, g.size, [&](i64 j, T v) {
+            const A wt = a.wt(start + j, label, pr, 1);
+            st.ms.add(Traits<T>::load(v));
+            st.w += wt;
+            st.k += wt == A(0) ? A(0) : A(1);
+        });
+        st = g.reduce(st);
+        // Second look at the chunk (cache-hot): the terms against the chunk max.
+        const A mc = st.ms.m;
+        const bool fin = is_finite(mc);
+        SumOp<A> d;
+        d.v = A(0);
+        row_visit(xc, len, g.rank, g.size, [&](i64 j, T v) {
+            const A wt = a.wt(start + j, label, pr, 1), xv = Traits<T>::load(v);
+            d.v += loss_term(wt, fin ? xv - mc : xv);
+        });
+        d = g.reduce(d);
+        if (g.rank == 0) {
+            A* o = ws + kXentSplitVals * b;
+            o[0] = st.ms.m;
+            o[1] = st.ms.s;
+            o[2] = st.w;
+            o[3] = d.v;
+            o[4] = st.k;
+        }
+    }
+}
+
+template <typename T>
+__global__ void CUSOFT_BOUNDS(512)
+xent_split_apply(CUSOFT_XENT_PARAMS, const acc_t<T>* ws, i64 rows, i64 n, i64 chunks, i64 chunk_len)
+{
+    typedef acc_t<T> A;
+    CUSOFT_DYN_SMEM(unsigned char, smem);
+    const BlockGroup g(smem);
+    const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
+                                    grad, has_grad, grad_scale, n);
+    for (i64 b = blockIdx.x; b < rows * chunks; b += gridDim.x) {
+        const i64 row = b / chunks, chunk = b % chunks, start = chunk * chunk_len;
+        const i64 len = n - start < chunk_len ? n - start : chunk_len;
+        if (!has_grad && chunk != 0) continue;  // nothing to write (uniform)
+        const i64 label = has_probs ? -1 : labels[row];
+        T* gc = grad + row * n + start;
+        if (!has_probs && label == ignore_index) {
+            if (chunk == 0 && g.rank == 0) loss[row] = Traits<T>::store(A(0));
+            if (has_grad) row_store(gc, len, g.rank, g.size, [&](i64) { return Traits<T>::store(A(0)); });
+            continue;
+        }
+        const A* wr = ws + kXentSplitVals * row * chunks;
+        XentChunk<A> st;
+        st.init();
+#pragma unroll 1
+        for (i64 k = g.rank; k < chunks; k += g.size) {
+            XentChunk<A> p;
+            p.ms.m = wr[kXentSplitVals * k];
+            p.ms.s = wr[kXentSplitVals * k + 1];
+            p.w = wr[kXentSplitVals * k + 2];
+            p.k = wr[kXentSplitVals * k + 4];
+            st = XentChunk<A>::merge(st, p);
+        }
+        st = g.reduce(st);  // same inputs, same order in every block of the row
+        const LogpRule<A> lp(st.ms.m, st.ms.s);
+        if (chunk == 0) {
+            // sum_c w_c t_c (x_c - m) over the chunks (finite max), or the raw sums of the
+            // chunks without a finite max (+inf max: NaN iff a term sits at +inf).
+            SumOp<A> t;
+            t.v = A(0);
+#pragma unroll 1
+            for (i64 k = g.rank; k < chunks; k += g.size) {
+                const A mk = wr[kXentSplitVals * k], dk = wr[kXentSplitVals * k + 3];
+                const A wk = wr[kXentSplitVals * k + 2];
+                if (lp.mode == 0)
+                    t.v += is_finite(mk) ? dk + (wk == A(0) ? A(0) : wk * (mk - lp.m)) : dk;
+                else if (!is_finite(mk))
+                    t.v += dk;
+            }
+            t = g.reduce(t);
+            if (g.rank == 0) {
+                A l;
+                if (st.k == A(0))
+                    l = A(0);
+                else if (lp.mode == 0)
+                    l = st.w * lp.ls - t.v;
+                else if (lp.mode == 2)
+                    l = cu_inf<A>() - t.v;
+                else
+                    l = cu_nan<A>();
+                loss[row] = Traits<T>::store(l);
+            }
+        }
+        if (has_grad) {
+            const T* pr = probs + (has_probs ? row * n : 0);
+            // elementwise: the pack of x is in registers before gc[j] is written (aliasing)
+            row_visit(x + row * n + start, len, g.rank, g.size, [&](i64 j, T v) {
+                const A wt = a.wt(start + j, label, pr, 1);
+                gc[j] = grad_value(a, lp(Traits<T>::load(v)), st.w, wt);
+            });
+        }
     }
 }

@@ -183,7 +183,7 @@ def test_backward_launch_args_match_c(sigs, dtype, variant, log):
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("grad_scale", [None, 0.25, "rows"])
 def test_xent_launch_args_match_c(sigs, dtype, variant, target, weighted, grad_scale):
-    be = _Recorder(variant=variant)
+    be = _Recorder(variant=variant, chunk_len=256)   # split: 3 chunks per row
     shape = (2, 50, 3) if variant == "col" else (3, 100, 1) if variant == "warp" else (2, 700, 1)
     x = np.zeros(shape, dtype)
     outer, n, inner = shape
@@ -195,6 +195,7 @@ def test_xent_launch_args_match_c(sigs, dtype, variant, target, weighted, grad_s
     be.cross_entropy(x, labels, probs, weight, -100, 0.1, np.empty((outer, inner), dtype),
                      grad, gs)
     assert be.calls
+    assert len(be.calls) == (2 if variant == "split" else 1)
     for call in be.calls:
         _check_launch(sigs, *call)
 

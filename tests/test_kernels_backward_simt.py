@@ -42,6 +42,8 @@ XENT_CASES = [
     ("warp", (3, 1, 1), {}),
     ("warp", (2, 500, 1), {}),           # K = 16, the widest
     ("block", (5, 999, 1), {"threads": 128}),
+    ("split", (2, 3001, 1), {"chunk_len": 512, "threads": 128}),   # 6 chunks, a short last one
+    ("split", (3, 1000, 1), {"chunk_len": 96, "threads": 64}),     # label-row specials in 3 rows
     ("col", (3, 17, 5), {}),
     ("col", (2, 5, 33), {}),
 ]
@@ -265,20 +267,27 @@ def test_xent_grad_aliases_logits():
         assert_close(x, ref_g, np.float32, what=f"{variant} grad in x")
 
 
-def test_xent_nonfinite_rows():
-    """NaN, +inf and all -inf rows follow log_softmax's rule (NumPy reference)."""
-    be = _backend("warp", {})
-    x = np.random.default_rng(2).standard_normal((4, 9, 1)).astype(np.float32)
+@pytest.mark.parametrize("variant,opts", [("warp", {}), ("block", {"threads": 64}),
+                                          ("split", {"chunk_len": 4, "threads": 32})])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_xent_nonfinite_rows(variant, opts, eps):
+    """NaN, +inf and all -inf rows follow log_softmax's rule (NumPy reference); split also
+    meets them in single chunks (+inf or NaN in one chunk, all -inf chunks)."""
+    be = _backend(variant, opts)
+    x = np.random.default_rng(2).standard_normal((6, 9, 1)).astype(np.float32)
     x[0, 3, 0] = np.nan
     x[1, 2, 0] = np.inf
     x[2, :, 0] = -np.inf
-    labels = np.array([[1], [2], [0], [5]], np.int64)
-    loss = np.empty((4, 1), np.float32)
+    x[4, 7, 0] = np.inf           # +inf away from the label: loss +inf without smoothing
+    x[5, 4:, 0] = -np.inf         # finite max, all -inf chunks, label at -inf
+    labels = np.array([[1], [2], [0], [5], [5], [6]], np.int64)
+    loss = np.empty((6, 1), np.float32)
     grad = np.empty_like(x)
-    be.cross_entropy(x, labels, None, None, _NO_IGNORE, 0.1, loss, grad, 1.0)
+    be.cross_entropy(x, labels, None, None, _NO_IGNORE, eps, loss, grad, 1.0)
+    assert be.last_plan.variant == variant
     with np.errstate(**_ERR):
         rl, rg = _numerics.cross_entropy_block(x.astype(np.float64), labels, None, None,
-                                               _NO_IGNORE, 0.1, 1.0, True)
+                                               _NO_IGNORE, eps, 1.0, True)
     assert_close(loss, rl, np.float32, what="loss")
     assert_close(grad, rg, np.float32, what="grad")
 
@@ -356,7 +365,8 @@ def test_default_plans_medium(dtype):
         assert be.last_plan.variant == want
         ref, low = _bwd_ref(y, dy, False)
         _assert_tol_or_lowp(out, ref, low, dtype, f"backward default plan {shape}")
-    for shape, want in [((4, 300, 1), "warp"), ((2, 3000, 1), "block"), ((2, 40, 7), "col")]:
+    for shape, want in [((4, 300, 1), "warp"), ((2, 3000, 1), "block"),
+                        ((1, 20000, 1), "split"), ((2, 40, 7), "col")]:
         x = _xent_logits(shape, dtype, 2, True)
         loss, grad, ref, low = _xent_run(be, x, XENT_SCENARIOS[1], 2)
         assert be.last_plan.variant == want

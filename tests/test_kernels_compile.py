@@ -153,8 +153,10 @@ def _check_plan(plan, lim):
     ((1000, 100, 1), "float32", "warp", "warp"),
     ((100, 1000, 1), "float64", "warp", "block"),   # xent's register cache stops at 512
     ((100, 5000, 1), "float16", "block", "block"),
-    ((1, 1 << 20, 1), "float32", "split", "block"),
-    ((1, 3 * 2**30, 1), "float16", "split", "block"),  # > 2**31 elements: int64 offsets
+    ((1, 1 << 20, 1), "float32", "split", "split"),
+    ((8, 500_000, 1), "float32", "split", "split"),    # few long rows: chunks fill the SMs
+    ((300, 500_000, 1), "float64", "block", "block"),  # rows >= 2 * SMs: a block per row
+    ((1, 3 * 2**30, 1), "float16", "split", "split"),  # > 2**31 elements: int64 offsets
     ((10, 100, 7), "float32", "col", "col"),
 ])
 def test_launch_rules_backward_xent(shape, dtype, want_bwd, want_xent):
@@ -173,3 +175,6 @@ def test_launch_rules_backward_xent(shape, dtype, want_bwd, want_xent):
     with pytest.raises(ValueError, match="n <= 512"):
         _launch.launch_xent(2, 513, 1, dtype, lim, variant="warp")
     assert _launch.launch_xent(2, 0, 1, dtype, lim).variant == "empty-rows"
+    if want_xent == "split":
+        chunks = plan.launches[0].args[-2]
+        assert chunks > 1 and shape[0] * chunks >= lim.sm_count, (shape, chunks)

@@ -116,7 +116,7 @@ _PER_DTYPE_LOG = ("softmax_divide", "softmax_fwd_block", "softmax_fwd_online",
 
 _BWD_PER_DTYPE_LOG = ("softmax_bwd_block", "softmax_bwd_split_stats", "softmax_bwd_split_apply",
                       "softmax_bwd_col")
-_XENT_PER_DTYPE = ("xent_block", "xent_col")
+_XENT_PER_DTYPE = ("xent_block", "xent_col", "xent_split_stats", "xent_split_apply")
 
 
 @functools.lru_cache(maxsize=None)

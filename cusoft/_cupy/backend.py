@@ -113,8 +113,8 @@ class KernelBackend(Backend):
     def cross_entropy(self, x, labels, probs, weight, ignore_index, smoothing, loss, grad,
                       grad_scale):
         outer, n, inner = x.shape
-        opts = {k: v for k, v in self.launch_options.items() if k != "chunk_len"}
-        plan = _launch.launch_xent(outer, n, inner, x.dtype, self._limits(), **opts)
+        plan = _launch.launch_xent(outer, n, inner, x.dtype, self._limits(),
+                                   **self.launch_options)
         if plan.variant == "empty-rows":
             loss[...] = 0   # no classes: every term of the sum is absent
             return
