@@ -78,17 +78,21 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     if method not in _METHODS:
         raise ValueError(f"cusoft.attention: unknown method {method!r}; expected one of "
                          f"'auto', 'tiled', 'naive'")
-    if any(_dispatch.array_kind(a) == "dask" for a in (q, k, v, mask, bias) if a is not None):
+    name = _dispatch.choose(q, backend)
+    dask_in = any(_dispatch.array_kind(a) == "dask" for a in (q, k, v, mask, bias)
+                  if a is not None)
+    if dask_in or name == "dask":
         from . import _dask
 
+        if not dask_in:
+            # backend="dask" on in-memory arrays: one chunk each, a lazy result (as softmax)
+            import dask.array as da
+
+            q, k, v, mask, bias = (None if a is None else da.from_array(a, chunks=np.shape(a))
+                                   for a in (q, k, v, mask, bias))
         return _dask.attention(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias,
-                               return_lse=return_lse, out=out, backend=backend, method=method)
-    name = _dispatch.choose(q, backend)
-    if name == "dask":
-        raise _dispatch.BackendError(
-            "cusoft.attention runs on Dask only for Dask inputs: pass q/k/v as dask arrays "
-            "(k and v chunked along the key axis), or compute key/value chunks with "
-            "return_lse=True and combine them with cusoft.merge_attention")
+                               return_lse=return_lse, out=out,
+                               backend=None if backend == "dask" else backend, method=method)
     kind = _dispatch.KIND[name]
     qa = val.asarray_checked(fname, q, kind, "q")
     ka = val.asarray_checked(fname, k, kind, "k")

@@ -14,7 +14,6 @@ import scipy.special
 
 from cusoft import _attention_cpu
 from cusoft._attention import _operand, attention, merge_attention
-from cusoft._dispatch import BackendError
 
 DTYPES = (np.float16, np.float32, np.float64)
 #: error floor per dtype, relative to max(1, |ref|)
@@ -373,10 +372,21 @@ def test_kernel_backends_reject_huge_head_dim():
     assert attention(q, q, q).shape == (1, 2, 300)
 
 
-def test_dask_backend_is_refused_clearly():
+def test_dask_backend_on_numpy_gives_a_lazy_result():
+    # as for softmax: backend="dask" (or use_backend("dask")) on in-memory arrays runs them
+    # as one chunk each and returns a Dask array
+    da = pytest.importorskip("dask.array")
+    import cusoft
+
     q, k, v = _qkv()
-    with pytest.raises(BackendError, match="merge_attention"):
-        attention(q, k, v, backend="dask")
+    ref = attention(q, k, v, causal=True)
+    got = attention(q, k, v, causal=True, backend="dask")
+    assert isinstance(got, da.Array)
+    np.testing.assert_allclose(got.compute(), ref, rtol=1e-12, atol=1e-14)
+    with cusoft.use_backend("dask"):
+        got = attention(q, k, v, causal=True)
+        assert isinstance(got, da.Array)
+        np.testing.assert_allclose(got.compute(), ref, rtol=1e-12, atol=1e-14)
 
 
 # -- on a GPU (CuPy RawKernel): skipped with the reason elsewhere -----------------------------
