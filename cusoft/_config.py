@@ -63,8 +63,10 @@ def show_config(file=None):
     p("backends:")
     for name, (ok, why) in c["backends"].items():
         p(f"  {name:6s} {'yes' if ok else 'no '}  {why}")
-    p("  dask   " + ("yes" if "not" not in c["packages"]["dask"] else "no ")
-      + "  per-chunk kernels + online merge")
+    dask_ok = not c["packages"]["dask"].startswith("not importable")
+    p(f"  dask   {'yes' if dask_ok else 'no '}  "
+      + ("per-chunk kernels + exact merge of partial states" if dask_ok
+         else "dask is not installed (pip install 'cusoft[dask]')"))
 
 
 def precompile():
