@@ -99,19 +99,20 @@ template <typename A> struct SumPair {
     }
 };
 
-// Online (m, s) of the logits, W, and x[label] (summed: one thread holds it, the others 0,
-// so the sum is exact and reaches every thread): the one reduction of the block and column
-// variants.  Four values: 32 warps fit kScratchBytes.
+// Online (m, s) of the logits, W, and one more additive value v: x[label] in the block and
+// column variants (one thread holds it, the others 0, so the sum is exact and reaches every
+// thread), the count K of terms with w*t != 0 in the split variant.  Four values: 32 warps
+// fit kScratchBytes.
 template <typename A> struct XentState {
     MaxSum<A> ms;
-    A w, xl;
-    CUSOFT_DEV void init() { ms.init(); w = A(0); xl = A(0); }
+    A w, v;
+    CUSOFT_DEV void init() { ms.init(); w = A(0); v = A(0); }
     static CUSOFT_DEV XentState merge(const XentState& a, const XentState& b)
     {
         XentState o;
         o.ms = MaxSum<A>::merge(a.ms, b.ms);
         o.w = a.w + b.w;
-        o.xl = a.xl + b.xl;
+        o.v = a.v + b.v;
         return o;
     }
     CUSOFT_DEV XentState shfl_xor(int lane_mask) const
@@ -119,7 +120,7 @@ template <typename A> struct XentState {
         XentState o;
         o.ms = ms.shfl_xor(lane_mask);
         o.w = __shfl_xor_sync(kFullMask, w, lane_mask);
-        o.xl = __shfl_xor_sync(kFullMask, xl, lane_mask);
+        o.v = __shfl_xor_sync(kFullMask, v, lane_mask);
         return o;
     }
 };
@@ -240,7 +241,7 @@ CUSOFT_DEV XentState<acc_t<T>> xent_row_state(const XentArgs<T>& a, const T* xr,
         const A xv = Traits<T>::load(v);
         st.ms.add(xv);
         st.w += a.wt(j, label, pr, 1);
-        st.xl = (j == label) ? xv : st.xl;
+        st.v = (j == label) ? xv : st.v;
     });
     return g.reduce(st);
 }
@@ -263,7 +264,7 @@ xent_block(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
             if (label == ignore_index) continue;  // uniform; written below
             const XentState<A> st = xent_row_state(a, x + row * n, probs, label, g);
             const LogpRule<A> lp(st.ms.m, st.ms.s);
-            if (g.rank == 0) loss[row] = Traits<T>::store(-loss_term(a.wt(label, label, probs, 1), lp(st.xl)));
+            if (g.rank == 0) loss[row] = Traits<T>::store(-loss_term(a.wt(label, label, probs, 1), lp(st.v)));
         }
     } else {
         for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -342,14 +343,14 @@ xent_col(CUSOFT_XENT_PARAMS, i64 outer, i64 n, i64 inner)
                 const A v = Traits<T>::load(x[base + j * inner]);
                 st.ms.add(v);
                 st.w += a.wt(j, label, pr, inner);
-                st.xl = (j == label) ? v : st.xl;
+                st.v = (j == label) ? v : st.v;
             }
         st = col_merge(st, slots);
         const LogpRule<A> lp(st.ms.m, st.ms.s);
         SumOp<A> l;
         l.v = A(0);
         if (live && a.label_only()) {
-            if (threadIdx.y == 0) l.v = loss_term(a.wt(label, label, pr, inner), lp(st.xl));
+            if (threadIdx.y == 0) l.v = loss_term(a.wt(label, label, pr, inner), lp(st.v));
         } else if (live) {
 #pragma unroll 1
             for (i64 j = threadIdx.y; j < n; j += blockDim.y) {
@@ -371,7 +372,7 @@ xent_col(CUSOFT_XENT_PARAMS, i64 outer, i64 n, i64 inner)
 // Split rows (row layout, few very long rows): block b of the grid-stride loop owns
 // chunk b % chunks of row b / chunks, i.e. classes [start, start + len) with
 // start = chunk * chunk_len.  Two launches, no atomics:
-//   xent_split_stats  one partial per (row, chunk) into ws (5 values, see XentChunk);
+//   xent_split_stats  one partial per (row, chunk) into ws (5 values: m, s, W, D, K);
 //   xent_split_apply  every block of a row merges the row's partials in the same order
 //                     (same bits everywhere), writes its gradient chunk, and the chunk-0
 //                     block writes the loss.
@@ -388,29 +389,6 @@ xent_col(CUSOFT_XENT_PARAMS, i64 outer, i64 n, i64 inner)
 // of its own chunk before the same thread overwrites it.
 // Dynamic shared memory: kScratchBytes (4 values per warp).
 // =======================================================================================
-// (m, s) of the logits, W and the term count K of a chunk (or, merged, of a row).
-template <typename A> struct XentChunk {
-    MaxSum<A> ms;
-    A w, k;
-    CUSOFT_DEV void init() { ms.init(); w = A(0); k = A(0); }
-    static CUSOFT_DEV XentChunk merge(const XentChunk& a, const XentChunk& b)
-    {
-        XentChunk o;
-        o.ms = MaxSum<A>::merge(a.ms, b.ms);
-        o.w = a.w + b.w;
-        o.k = a.k + b.k;
-        return o;
-    }
-    CUSOFT_DEV XentChunk shfl_xor(int lane_mask) const
-    {
-        XentChunk o;
-        o.ms = ms.shfl_xor(lane_mask);
-        o.w = __shfl_xor_sync(kFullMask, w, lane_mask);
-        o.k = __shfl_xor_sync(kFullMask, k, lane_mask);
-        return o;
-    }
-};
-
 // ws layout: 5 values per (row, chunk), row-major: m, s, W, D, K.
 static constexpr int kXentSplitVals = 5;
 
@@ -430,13 +408,13 @@ xent_split_stats(CUSOFT_XENT_PARAMS, acc_t<T>* ws, i64 rows, i64 n, i64 chunks, 
         if (!has_probs && label == ignore_index) continue;  // uniform; apply writes the row
         const T* xc = x + row * n + start;
         const T* pr = probs + (has_probs ? row * n : 0);
-        XentChunk<A> st;
+        XentState<A> st;
         st.init();
         row_visit(xc, len, g.rank, g.size, [&](i64 j, T v) {
             const A wt = a.wt(start + j, label, pr, 1);
             st.ms.add(Traits<T>::load(v));
             st.w += wt;
-            st.k += wt == A(0) ? A(0) : A(1);
+            st.v += wt == A(0) ? A(0) : A(1);
         });
         st = g.reduce(st);
         // Second look at the chunk (cache-hot): the terms against the chunk max.
@@ -455,7 +433,7 @@ xent_split_stats(CUSOFT_XENT_PARAMS, acc_t<T>* ws, i64 rows, i64 n, i64 chunks, 
             o[1] = st.ms.s;
             o[2] = st.w;
             o[3] = d.v;
-            o[4] = st.k;
+            o[4] = st.v;
         }
     }
 }
@@ -481,16 +459,16 @@ xent_split_apply(CUSOFT_XENT_PARAMS, const acc_t<T>* ws, i64 rows, i64 n, i64 ch
             continue;
         }
         const A* wr = ws + kXentSplitVals * row * chunks;
-        XentChunk<A> st;
+        XentState<A> st;
         st.init();
 #pragma unroll 1
         for (i64 k = g.rank; k < chunks; k += g.size) {
-            XentChunk<A> p;
+            XentState<A> p;
             p.ms.m = wr[kXentSplitVals * k];
             p.ms.s = wr[kXentSplitVals * k + 1];
             p.w = wr[kXentSplitVals * k + 2];
-            p.k = wr[kXentSplitVals * k + 4];
-            st = XentChunk<A>::merge(st, p);
+            p.v = wr[kXentSplitVals * k + 4];
+            st = XentState<A>::merge(st, p);
         }
         st = g.reduce(st);  // same inputs, same order in every block of the row
         const LogpRule<A> lp(st.ms.m, st.ms.s);
@@ -511,7 +489,7 @@ xent_split_apply(CUSOFT_XENT_PARAMS, const acc_t<T>* ws, i64 rows, i64 n, i64 ch
             t = g.reduce(t);
             if (g.rank == 0) {
                 A l;
-                if (st.k == A(0))
+                if (st.v == A(0))
                     l = A(0);
                 else if (lp.mode == 0)
                     l = st.w * lp.ls - t.v;
