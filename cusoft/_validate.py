@@ -125,9 +125,14 @@ def _one_axis(a, ndim, fname):
         raise TypeError(
             f"cusoft.{fname}: axis must be an integer, a tuple of integers or None, "
             f"not {type(a).__name__}") from None
-    if not -ndim <= a < max(ndim, 1) or (ndim == 0 and a not in (0, -1)):
+    if ndim == 0:
+        # NumPy's reductions accept axis 0 and -1 on a 0-d array (SciPy inherits that)
+        if a not in (0, -1):
+            raise AxisError(a, ndim)
+        return 0
+    if not -ndim <= a < ndim:
         raise AxisError(a, ndim)
-    return a % max(ndim, 1)
+    return a % ndim
 
 
 def to_canonical(xp, x, axes):
@@ -136,6 +141,9 @@ def to_canonical(xp, x, axes):
     nd = len(shape)
     if nd == 0:
         return xp.ascontiguousarray(x).reshape(1, 1, 1), ("scalar",)
+    if not axes:
+        # axis=(): every element is its own slice of length 1
+        return xp.ascontiguousarray(x).reshape(-1, 1, 1), ("adjacent", shape, axes)
     if axes == tuple(range(axes[0], axes[-1] + 1)):
         a0, a1 = axes[0], axes[-1]
         outer = math.prod(shape[:a0])

@@ -93,3 +93,19 @@ def test_show_config_lists_every_backend():
     text = buf.getvalue()
     for name in ("cpu", "cupy", "numba", "simt", "dask", "numpy", "scipy"):
         assert name in text
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("axis", [0, -1, None, ()])
+@pytest.mark.parametrize("x", [np.array(3.0), np.array([[1.0, np.inf], [-np.inf, 2.0]])],
+                         ids=["0-d", "2-d"])
+def test_scalar_and_empty_tuple_axes_like_scipy(name, axis, x):
+    # NumPy reductions accept axis 0/-1 on 0-d arrays and axis=() anywhere; SciPy inherits
+    # both, and so must we (same value, same type: scalar or array)
+    import scipy.special as sp
+
+    with np.errstate(all="ignore"):
+        ref = getattr(sp, name)(x, axis=axis)
+        got = getattr(cusoft, name)(x, axis=axis)
+    assert type(got) is type(ref)
+    np.testing.assert_array_equal(got, ref)
