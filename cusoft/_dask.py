@@ -99,6 +99,7 @@ import operator
 import numpy as np
 
 from . import _dispatch
+from . import _numerics as nm
 from . import _validate as v
 from ._logsumexp import _result_dtype, _xp_of
 
@@ -233,20 +234,11 @@ def _merge(st, axis, keepdims=True):
 
 
 def _lse_from_state(st, return_sign, dtype):
-    """SciPy's finish: log1p of the small terms, then the direct sum where not finite."""
-    m, c, r, d = st["m"], st["c"], st["r"], st["d"]
-    xp = _xp_of(m)
-    with np.errstate(**_ERR):
-        q = xp.where(r == 0, r, r / c)
-        sgn = xp.sign(q + 1) * xp.sign(c)
-        q = xp.where(q < -1, -q - 2, q)
-        out = xp.log1p(q) + xp.log(xp.abs(c)) + m
-        if not return_sign:
-            out = xp.where(sgn < 0, np.nan, out)
-        bad = ~xp.isfinite(out)
-        out = xp.where(bad, xp.log(xp.abs(d) if return_sign else d), out)
-        if return_sign:
-            sgn = xp.where(bad, xp.sign(d), sgn)
+    """SciPy's finish (``_numerics.logsumexp_from_partial``) on a merged Dask state, whose
+    direct sum ``d`` travels with it."""
+    d = st["d"]
+    out, sgn = nm.logsumexp_from_partial(st["m"], st["c"], st["r"], lambda bad: d[bad],
+                                         return_sign, xp=_xp_of(st["m"]))
     return out.astype(dtype, copy=False), sgn.astype(dtype, copy=False)
 
 
@@ -788,10 +780,10 @@ def _attn_layout(arrays, labels, sizes, G):
     at multiples of the GQA group ``G`` so a query head block meets whole key/value heads;
     the feature axes ``d``, ``e`` are one chunk."""
     cuts = {lab: set() for lab in sizes}
-    for nm, (a, is_dask) in arrays.items():
+    for name, (a, is_dask) in arrays.items():
         if not is_dask:
             continue
-        for lab, n, c in zip(labels[nm], a.shape, a.chunks):
+        for lab, n, c in zip(labels[name], a.shape, a.chunks):
             if n == 1 and sizes[lab] != 1 or lab in ("d", "e"):
                 continue
             b = _bounds(c)

@@ -79,25 +79,26 @@ def partial_block(x, b=None):
     return m[:, 0, :], c, r
 
 
-def logsumexp_from_partial(m, c, r, direct, return_sign):
+def logsumexp_from_partial(m, c, r, direct, return_sign, xp=np):
     """Finish a log-sum-exp from its partial state, SciPy's way.
 
     ``direct`` is a callable returning the unshifted sum(b*exp(x)) of the selected rows; it
-    is called only when some result is not finite (SciPy's fallback for those)."""
+    is called only when some result is not finite (SciPy's fallback for those).  ``xp`` is
+    the array module of the state (NumPy, or CuPy for Dask's CuPy chunks)."""
     with np.errstate(**_ERR):
-        q = np.where(r == 0, r, r / c)
-        sgn = np.sign(q + 1) * np.sign(c)
-        q = np.where(q < -1, -q - 2, q)
-        out = np.log1p(q) + np.log(np.abs(c)) + m
+        q = xp.where(r == 0, r, r / c)
+        sgn = xp.sign(q + 1) * xp.sign(c)
+        q = xp.where(q < -1, -q - 2, q)
+        out = xp.log1p(q) + xp.log(xp.abs(c)) + m
         if not return_sign:
-            out = np.where(sgn < 0, np.nan, out)
-        bad = ~np.isfinite(out)
-        if bad.any():
+            out = xp.where(sgn < 0, np.nan, out)
+        bad = ~xp.isfinite(out)
+        if bool(bad.any()):
             d = direct(bad)
             if return_sign:
-                sgn[bad] = np.sign(d)
-                d = np.abs(d)
-            out[bad] = np.log(d)
+                sgn[bad] = xp.sign(d)
+                d = xp.abs(d)
+            out[bad] = xp.log(d)
     return out, sgn
 
 
