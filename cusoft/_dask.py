@@ -833,36 +833,36 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     full = batch + (Hq, Lq, Lk)
     nb = len(batch)
     ops = {}
-    for nm, x in (("mask", mask), ("bias", bias)):
+    for name, x in (("mask", mask), ("bias", bias)):
         if x is not None:
             x = arr(x)
-            A._check_operand(nm, tuple(int(n) for n in x.shape), np.dtype(x.dtype), full)
-            ops[nm] = x
+            A._check_operand(name, tuple(int(n) for n in x.shape), np.dtype(x.dtype), full)
+            ops[name] = x
     bl = tuple(f"b{i}" for i in range(nb))
     labels = {"q": bl + ("h", "i", "d"), "k": bl + ("hk", "j", "d"),
               "v": bl + ("hk", "j", "e"), "mask": bl + ("h", "i", "j"),
               "bias": bl + ("h", "i", "j")}
     sizes = dict(zip(bl, batch), h=Hq, hk=Hkv, i=Lq, j=Lk, d=D, e=Dv)
     arrays = {}
-    for nm, x in (("q", q), ("k", k), ("v", v), *ops.items()):
+    for name, x in (("q", q), ("k", k), ("v", v), *ops.items()):
         if _is_dask(x) and any(math.isnan(c) for cs in x.chunks for c in cs):
-            raise ValueError(f"cusoft.attention: {nm} has unknown chunk sizes; call "
-                             f"{nm}.compute_chunk_sizes() first")
+            raise ValueError(f"cusoft.attention: {name} has unknown chunk sizes; call "
+                             f"{name}.compute_chunk_sizes() first")
         pad = nb + 3 - x.ndim
         x = x[(None,) * pad] if _is_dask(x) else x.reshape((1,) * pad + tuple(x.shape))
-        arrays[nm] = (x, _is_dask(x))
+        arrays[name] = (x, _is_dask(x))
     G = Hq // Hkv if Hkv else 1
     chunks = _attn_layout(arrays, labels, sizes, G)
     blocks = {}
-    for nm, (x, is_dask) in arrays.items():
+    for name, (x, is_dask) in arrays.items():
         target = tuple((n,) if n == 1 or lab in ("d", "e") else chunks[lab]
-                       for lab, n in zip(labels[nm], x.shape))
+                       for lab, n in zip(labels[name], x.shape))
         if not is_dask:
             x = da.from_array(x, chunks=target)
         elif x.chunks != target:
             # aligns batch/head/query blocks and refines key chunks; never merges key chunks
             x = x.rechunk(target)
-        blocks[nm] = x
+        blocks[name] = x
 
     token = tokenize(*blocks.values(), scale, causal, method, chunk_backend, return_lse)
     mid = f"cusoft-attention-part-{token}"
@@ -874,7 +874,7 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     rows_b = _bounds(chunks["i"])
     keys_b = _bounds(chunks["j"])
     grid = [range(len(chunks[lab])) for lab in bl + ("h", "i")]
-    order = [nm for nm in ("q", "k", "v", "mask", "bias") if nm in blocks]
+    order = [name for name in ("q", "k", "v", "mask", "bias") if name in blocks]
     dsk = {}
     roots = {}
     for idx in itertools.product(*grid):
