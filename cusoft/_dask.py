@@ -898,10 +898,10 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
                     d = r0 - o0 + off
             pos["j"] = jk
             args = []
-            for nm in order:
-                x = blocks[nm]
+            for key in order:
+                x = blocks[key]
                 bi = tuple(0 if nblk == 1 else pos.get(lab, 0)
-                           for lab, nblk in zip(labels[nm], x.numblocks))
+                           for lab, nblk in zip(labels[key], x.numblocks))
                 args.append((x.name,) + bi)
             if "mask" not in blocks and "bias" in blocks:
                 args.insert(3, None)
