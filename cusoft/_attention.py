@@ -11,7 +11,7 @@ from . import _dispatch
 from . import _validate as val
 from ._attention_cpu import acc_dtype, attention_naive, attention_tiled
 
-_METHODS = (None, "auto", "tiled", "naive")
+_METHODS = (None, "auto", "tiled", "naive", "fma", "mma")
 
 
 def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return_lse=False,
@@ -57,9 +57,15 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
         Override the backend chosen from q's array type.  ``"simt"`` runs the CUDA C kernel
         on the CPU emulator (tests).  With Dask inputs it names the backend every chunk
         runs on (default: the chunk's array type).
-    method : {None, "auto", "tiled", "naive"}
+    method : {None, "auto", "tiled", "naive", "fma", "mma"}
         ``"naive"`` materialises the ``(..., Hq, Lq, Lk)`` logits (the reference and the
-        memory-wall baseline); the default is the tiled kernel.
+        memory-wall baseline); the default is the tiled kernel.  On the CUDA kernels
+        (``"cupy"``, ``"simt"``) the tiled kernel comes in two flavours: ``"mma"``, tensor
+        cores (float16 only, the default for float16: half products, float32 accumulation,
+        the probabilities rounded to half before they multiply ``v``, as FlashAttention
+        does), and ``"fma"``, CUDA cores (every dtype, the default for float32/float64;
+        float16 then runs entirely in float32 arithmetic).  ``"fma"``/``"mma"`` on other
+        backends raise ``ValueError``.
 
     Returns
     -------
@@ -77,7 +83,7 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     fname = "attention"
     if method not in _METHODS:
         raise ValueError(f"cusoft.attention: unknown method {method!r}; expected one of "
-                         f"'auto', 'tiled', 'naive'")
+                         f"'auto', 'tiled', 'naive', 'fma', 'mma'")
     name = _dispatch.choose(q, backend)
     dask_in = any(_dispatch.array_kind(a) == "dask" for a in (q, k, v, mask, bias)
                   if a is not None)
@@ -90,6 +96,8 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
 
             q, k, v, mask, bias = (None if a is None else da.from_array(a, chunks=np.shape(a))
                                    for a in (q, k, v, mask, bias))
+        _check_flavour(backend if backend not in (None, "dask") else None, method,
+                       getattr(q, "dtype", None))
         return _dask.attention(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias,
                                return_lse=return_lse, out=out,
                                backend=None if backend == "dask" else backend, method=method)
@@ -98,6 +106,7 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     ka = val.asarray_checked(fname, k, kind, "k")
     va = val.asarray_checked(fname, v, kind, "v")
     dt = _check_dtypes(qa, ka, va)
+    _check_flavour(name, method, dt)
     batch, Hq, Hkv, Lq, Lk, D, Dv = _check_shapes(qa, ka, va)
     if name != "cpu" and max(D, Dv) > 256:
         raise ValueError(f"cusoft.attention: head dimension {max(D, Dv)} is larger than 256, "
@@ -456,13 +465,29 @@ def _array_path(fn):
     return run
 
 
-def _kernel_path(getter_name):
+def _kernel_path(getter_name, method):
+    flav = method if method in ("fma", "mma") else None
+
     def run(xp, q, k, v, mask, bias, out, lse, scale, causal):
         from . import _attention_launch as L
 
         L.launch_attention(getattr(L, getter_name), xp, q, k, v, mask, bias, out, lse,
-                           scale, causal)
+                           scale, causal, flav)
     return run
+
+
+def _check_flavour(name, method, dtype):
+    """ValueError for a kernel flavour (``method="fma"``/``"mma"``) the call cannot run:
+    only the CUDA kernels (cupy, simt) have flavours, and tensor cores take float16 only.
+    ``name``/``dtype`` None: not known yet (Dask chunks), not checked."""
+    if method not in ("fma", "mma"):
+        return
+    if name is not None and name not in ("cupy", "simt"):
+        raise ValueError(f"cusoft.attention: method={method!r} selects a CUDA kernel flavour; "
+                         f"the {name!r} backend has one tiled path (use method='tiled')")
+    if method == "mma" and dtype is not None and np.dtype(dtype) != np.float16:
+        raise ValueError(f"cusoft.attention: method='mma' (tensor cores) needs float16 inputs, "
+                         f"not {np.dtype(dtype)}; use method='fma'")
 
 
 def _backend_fn(name, method):
@@ -475,8 +500,8 @@ def _backend_fn(name, method):
     if name == "cpu":
         return _array_path(attention_tiled)
     if name == "simt":
-        return _kernel_path("simt_module")
-    return _kernel_path("cupy_module")
+        return _kernel_path("simt_module", method)
+    return _kernel_path("cupy_module", method)
 
 
 

@@ -34,6 +34,16 @@ MAX_HEAD_DIM = BUCKETS[-1]
 #: CUDA's grid.y limit
 _MAX_GRID_Y = 65535
 
+#: float16 on tensor cores (``attention_fwd_mma``): bucket -> (BM query rows, BN keys).  BM is
+#: 64 per m16 tile per warp (4 warps); two m16 tiles per warp where the accumulator is small
+#: (DB <= 64: 64 + 64 floats per lane), one where it is large; BN = 32 at DB = 256 keeps the
+#: 128-float accumulator and the 16-float logit tile in registers.  Shared memory: half
+#: Q [BM], K [BN], V [BN] rows of DB + 8.
+TILES_MMA = {32: (128, 64), 64: (128, 64), 128: (64, 64), 256: (64, 32)}
+#: the kernel flavours of ``method=``: "fma" (CUDA cores, every dtype) and "mma" (tensor
+#: cores, float16 only); None picks "mma" for float16 and "fma" otherwise
+FLAVOURS = ("fma", "mma")
+
 Config = collections.namedtuple("Config", "name grid block shared_mem bm bn bucket")
 
 #: a broadcast operand: ``array`` the compact (never expanded) data, ``strides`` the four
@@ -41,18 +51,40 @@ Config = collections.namedtuple("Config", "name grid block shared_mem bm bn buck
 Operand = collections.namedtuple("Operand", "array strides")
 
 
-def kernel_name(dtype, bucket):
+def flavour(dtype, method=None):
+    """The kernel flavour ("fma" or "mma") for ``dtype`` and the public ``method``."""
+    dtype = np.dtype(dtype)
+    if method == "mma":
+        if dtype != np.float16:
+            raise ValueError(f"method='mma' (tensor cores) is for float16, not {dtype}")
+        return "mma"
+    if method == "fma":
+        return "fma"
+    return "mma" if dtype == np.float16 else "fma"
+
+
+def tiles(dtype, bucket, flav="fma"):
+    """(BM, BN) of the instantiation for ``dtype``, head-dim ``bucket`` and flavour."""
+    if flav == "mma":
+        return TILES_MMA[bucket]
     acc = 8 if np.dtype(dtype) == np.float64 else 4
-    bm, bn = TILES[(acc, bucket)]
+    return TILES[(acc, bucket)]
+
+
+def kernel_name(dtype, bucket, flav="fma"):
+    bm, bn = tiles(dtype, bucket, flav)
+    if flav == "mma":
+        return f"attention_fwd_mma<{bucket}, {bm}, {bn}>"
     return f"attention_fwd<{_CTYPE[np.dtype(dtype)]}, {bucket}, {bm}, {bn}>"
 
 
 def all_kernel_names():
     """Every instantiation the launcher can ask for (compile tests, precompile)."""
-    return [kernel_name(dt, b) for dt in _CTYPE for b in BUCKETS]
+    return ([kernel_name(dt, b) for dt in _CTYPE for b in BUCKETS]
+            + [kernel_name(np.float16, b, "mma") for b in BUCKETS])
 
 
-def launch_config(dtype, B, Hq, Lq, D, Dv):
+def launch_config(dtype, B, Hq, Lq, D, Dv, method=None):
     """Kernel name, grid, block and dynamic shared bytes for one attention call."""
     dtype = np.dtype(dtype)
     need = max(D, Dv)
@@ -60,11 +92,16 @@ def launch_config(dtype, B, Hq, Lq, D, Dv):
     if bucket is None:
         raise ValueError(f"head dimension {need} is larger than the kernels' maximum "
                          f"{MAX_HEAD_DIM}; use the NumPy path")
-    acc = 8 if dtype == np.float64 else 4
-    bm, bn = TILES[(acc, bucket)]
-    shared = acc * (bm * bucket + bn * (bucket + 1) + bm * (bn + 1) + bm)
+    flav = flavour(dtype, method)
+    bm, bn = tiles(dtype, bucket, flav)
+    if flav == "mma":
+        shared = 2 * (bm + 2 * bn) * (bucket + 8)
+    else:
+        acc = 8 if dtype == np.float64 else 4
+        shared = acc * (bm * bucket + bn * (bucket + 1) + bm * (bn + 1) + bm)
     grid = (B * Hq, math.ceil(Lq / bm), 1)
-    return Config(kernel_name(dtype, bucket), grid, (THREADS, 1, 1), shared, bm, bn, bucket)
+    return Config(kernel_name(dtype, bucket, flav), grid, (THREADS, 1, 1), shared, bm, bn,
+                  bucket)
 
 
 def kernel_source():
@@ -123,15 +160,17 @@ def _acc_scalar(dtype, x):
     return np.float64(x) if np.dtype(dtype) == np.float64 else np.float32(x)
 
 
-def launch_attention(module_getter, xp, q, k, v, mask, bias, out, lse, scale, causal):
+def launch_attention(module_getter, xp, q, k, v, mask, bias, out, lse, scale, causal,
+                     method=None):
     """Run attention_fwd on canonical arrays (see ``cusoft/_attention.py``).
 
     q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv) C-contiguous
     in one storage dtype; lse (B, Hq, Lq) in the accumulation dtype; mask/bias ``None`` or an
-    ``Operand`` (mask data uint8, bias data in the storage dtype)."""
+    ``Operand`` (mask data uint8, bias data in the storage dtype).  ``method`` picks the
+    flavour (see ``flavour``); both take the same arguments."""
     B, Hq, Lq, D = (int(s) for s in q.shape)
     Hkv, Lk, Dv = int(k.shape[1]), int(k.shape[2]), int(v.shape[-1])
-    cfg = launch_config(q.dtype, B, Hq, Lq, D, Dv)
+    cfg = launch_config(q.dtype, B, Hq, Lq, D, Dv, method)
     fn = module_getter().get_function(cfg.name)
     if cfg.shared_mem > 48 * 1024 and hasattr(fn, "max_dynamic_shared_size_bytes"):
         # CUDA needs an explicit opt-in above 48 KB of dynamic shared memory

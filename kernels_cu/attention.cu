@@ -272,3 +272,311 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
         }
     }
 }
+
+// ---- float16 on tensor cores ---------------------------------------------------------------------
+//
+// attention_fwd_mma<DB, BM, BN>: the same computation and the same arguments as
+// attention_fwd<__half, ...>, with both products on tensor cores (PTX mma.sync m16n8k16, half
+// inputs, float accumulation), FlashAttention-2 style:
+// * 4 warps; warp w owns query rows [16 MT w, 16 MT (w + 1)) of the block's BM = 64 MT rows, as
+//   MT m16 tiles.  The logits S = Q Kᵀ of a (16 x BN) tile and the (16 x DB) output accumulator
+//   live in registers in the mma accumulator layout: lane (g, t) holds rows g and g + 8,
+//   columns 2t and 2t + 1 of every n8 tile, so the row max and row sum need only the four lanes
+//   of a quad (two xor shuffles), and the probabilities P, rounded to half, are already the A
+//   operand of P V (two n8 logit tiles = one k16 step), never stored.
+// * Q, K, V tiles are staged in shared memory as half, rows padded to DB + 8 elements (16-byte
+//   aligned rows, and the eight rows an ldmatrix reads fall in eight different bank groups);
+//   fragments come from ldmatrix (.trans for V, whose B operand is key-major).
+// * Everything else is the FMA kernel's rule: log2-domain online softmax with the max shift
+//   (never exp of an unshifted logit), causal tiles above the diagonal skipped, masks and biases
+//   through broadcast strides, zero padding for ragged D / Lq / Lk, fully masked rows -> zeros
+//   and lse = -inf.  The row sum l is kept per lane and summed over the quad at the end.
+// * Rounding: P is rounded to half before P V (as FlashAttention does); the output is
+//   normalised in float and rounded once.
+// The PTX primitives are the only lines a host compiler cannot run: under the SIMT harness they
+// are replaced by its warp-shuffle emulation of the same fragment layouts (cusoft/simt/simt.h).
+
+namespace attn {
+
+ATTN_DEV void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
+{
+#ifdef __CUDACC__
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    const unsigned b[2] = {b0, b1};
+    cusoft_simt::mma_m16n8k16_f32f16(d, a, b);
+#endif
+}
+
+// r[j] = this lane's pair of 8x8 matrix j; `row` is the shared address of the row this lane
+// supplies (lane 8j + r: row r of matrix j).
+ATTN_DEV void ldsm_x4(unsigned (&r)[4], const __half* row)
+{
+#ifdef __CUDACC__
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+#else
+    cusoft_simt::ldmatrix_x4(r, row, false);
+#endif
+}
+
+ATTN_DEV void ldsm_x4_trans(unsigned (&r)[4], const __half* row)
+{
+#ifdef __CUDACC__
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+#else
+    cusoft_simt::ldmatrix_x4(r, row, true);
+#endif
+}
+
+// two floats -> packed half pair, lo in the low 16 bits (the operand order of mma)
+ATTN_DEV unsigned pack_half2(float lo, float hi)
+{
+    const unsigned short l = __half_as_ushort(__float2half_rn(lo));
+    const unsigned short h = __half_as_ushort(__float2half_rn(hi));
+    return static_cast<unsigned>(l) | (static_cast<unsigned>(h) << 16);
+}
+
+// rows [0, nrows) x columns [0, DB) of a half tile into shared memory (row stride LD), reading
+// `valid` rows of `ncols` columns from src (row stride ncols) and writing zeros elsewhere.
+// 16-byte loads when the rows allow them, element loads otherwise.
+template <int DB, int LD, int NROWS>
+ATTN_DEV void load_tile_half(__half* dst, const __half* src, int valid, int ncols, int tid)
+{
+    constexpr int NT = kThreads;
+    constexpr int CH = DB / 8;  // 16-byte chunks per row
+    const bool vec = (ncols % 8) == 0 &&
+        (reinterpret_cast<unsigned long long>(src) & 15ull) == 0;
+    if (vec) {
+        for (int idx = tid; idx < NROWS * CH; idx += NT) {
+            const int r = idx / CH, c = (idx - r * CH) * 8;
+            uint4 val = make_uint4(0u, 0u, 0u, 0u);
+            if (r < valid && c < ncols)
+                val = *reinterpret_cast<const uint4*>(src + static_cast<long long>(r) * ncols + c);
+            *reinterpret_cast<uint4*>(dst + r * LD + c) = val;
+        }
+    } else {
+        const __half zero = __float2half_rn(0.0f);
+        for (int idx = tid; idx < NROWS * DB; idx += NT) {
+            const int r = idx / DB, c = idx - r * DB;
+            dst[r * LD + c] = (r < valid && c < ncols) ? src[static_cast<long long>(r) * ncols + c] : zero;
+        }
+    }
+}
+
+}  // namespace attn
+
+template <int DB, int BM, int BN>
+__global__ void __launch_bounds__(128, 1)
+attention_fwd_mma(const __half* __restrict__ q, const __half* __restrict__ k,
+                  const __half* __restrict__ v, const unsigned char* __restrict__ mask,
+                  const __half* __restrict__ bias, __half* __restrict__ out,
+                  float* __restrict__ lse,
+                  int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
+                  float scale_log2, int causal, int has_mask, int has_bias, int has_lse,
+                  long long ms0, long long ms1, long long ms2, long long ms3,
+                  long long bs0, long long bs1, long long bs2, long long bs3)
+{
+    constexpr int NW = attn::kThreads / 32;
+    constexpr int MT = BM / (16 * NW);  // m16 tiles per warp
+    constexpr int NS = BN / 8;          // n8 logit tiles per m16 tile
+    constexpr int KQ = DB / 16;         // k16 steps of Q Kᵀ
+    constexpr int KP = BN / 16;         // k16 steps of P V
+    constexpr int NO = DB / 8;          // n8 output tiles
+    constexpr int LD = DB + 8;
+    static_assert(MT >= 1 && MT * 16 * NW == BM, "BM must be 64 x (m16 tiles per warp)");
+    static_assert(BN % 16 == 0 && DB % 16 == 0, "tiles are multiples of 16");
+
+    CUSOFT_DYN_SMEM(__half, smem);
+    __half* sQ = smem;            // [BM][LD]
+    __half* sK = sQ + BM * LD;    // [BN][LD]
+    __half* sV = sK + BN * LD;    // [BN][LD]
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.x;
+    const int b = bh / Hq;
+    const int h = bh - b * Hq;
+    const int hk = h / (Hq / Hkv);
+    const int i0 = blockIdx.y * BM;
+    const int offset = Lk - Lq;
+    const float log2e = 1.4426950408889634f;
+    const float ninf = attn::neg_inf<float>();
+
+    const __half* qp = q + (static_cast<long long>(bh) * Lq + i0) * D;
+    const __half* kp = k + (static_cast<long long>(b) * Hkv + hk) * Lk * D;
+    const __half* vp = v + (static_cast<long long>(b) * Hkv + hk) * Lk * Dv;
+    const unsigned char* mp = mask + (has_mask ? b * ms0 + h * ms1 : 0);
+    const __half* bp = bias + (has_bias ? b * bs0 + h * bs1 : 0);
+
+    attn::load_tile_half<DB, LD, BM>(sQ, qp, Lq - i0, D, tid);
+
+    float o[MT][NO][4];
+    float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < NO; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[mt][n][e] = 0.0f;
+        m_run[mt][0] = m_run[mt][1] = ninf;
+        l_run[mt][0] = l_run[mt][1] = 0.0f;
+    }
+
+    int kend = Lk;
+    if (causal) {
+        const int last = i0 + BM - 1 < Lq - 1 ? i0 + BM - 1 : Lq - 1;
+        kend = last + offset + 1 < Lk ? last + offset + 1 : Lk;
+        if (kend < 0) kend = 0;
+    }
+    // ldmatrix row addresses of this lane (see the layouts in the file comment): the A operand
+    // (Q) takes row lane % 16, column block lane / 16; K (B, n-major) row lane % 8 + 8 (lane / 16),
+    // column block (lane / 8) % 2; V (B, k-major, .trans) row lane % 8 + 8 ((lane / 8) % 2),
+    // column block lane / 16.
+    const int wrow = warp * 16 * MT;
+    const __half* qrow = sQ + (wrow + (lane & 15)) * LD + 8 * (lane >> 4);
+    const __half* krow = sK + ((lane & 7) + 8 * (lane >> 4)) * LD + 8 * ((lane >> 3) & 1);
+    const __half* vrow = sV + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 8 * (lane >> 4);
+
+    for (int n0 = 0; n0 < kend; n0 += BN) {
+        __syncthreads();  // the previous tile's K and V are no longer read
+        const int nvalid = kend - n0 < BN ? kend - n0 : BN;
+        attn::load_tile_half<DB, LD, BN>(sK, kp + static_cast<long long>(n0) * D, nvalid, D, tid);
+        attn::load_tile_half<DB, LD, BN>(sV, vp + static_cast<long long>(n0) * Dv, nvalid, Dv, tid);
+        __syncthreads();
+
+        float s[MT][NS][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int n = 0; n < NS; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KQ; ++kk) {
+            unsigned a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) attn::ldsm_x4(a[mt], qrow + mt * 16 * LD + kk * 16);
+#pragma unroll
+            for (int np = 0; np < NS / 2; ++np) {
+                unsigned bk[4];
+                attn::ldsm_x4(bk, krow + np * 16 * LD + kk * 16);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    attn::mma16816(s[mt][2 * np], a[mt], bk[0], bk[1]);
+                    attn::mma16816(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+                }
+            }
+        }
+
+        // scale to the log2 domain; mask only where this tile can need it
+        const bool plain = !has_mask && !has_bias && n0 + BN <= kend &&
+                           (!causal || n0 + BN - 1 <= i0 + offset);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int n = 0; n < NS; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float val = s[mt][n][e] * scale_log2;
+                    if (!plain) {
+                        const int qi = i0 + wrow + mt * 16 + g + 8 * (e >> 1);
+                        const int kj = n0 + n * 8 + 2 * t + (e & 1);
+                        bool keep = qi < Lq && kj < kend && (!causal || kj <= qi + offset);
+                        if (keep && has_mask) keep = mp[qi * ms2 + kj * ms3] != 0;
+                        if (keep && has_bias) val += __half2float(bp[qi * bs2 + kj * bs3]) * log2e;
+                        val = keep ? val : ninf;
+                    }
+                    s[mt][n][e] = val;
+                }
+
+        // online softmax: rows g (e = 0, 1) and g + 8 (e = 2, 3) of each m16 tile
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                float mx = m_run[mt][hr];
+#pragma unroll
+                for (int n = 0; n < NS; ++n) {
+                    mx = attn::amax(mx, s[mt][n][2 * hr]);
+                    mx = attn::amax(mx, s[mt][n][2 * hr + 1]);
+                }
+                mx = attn::amax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = attn::amax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // a row that has seen only masked keys shifts by 0: exp2(-inf - 0) = 0, no NaN
+                const float shift = mx == ninf ? 0.0f : mx;
+                const float alpha = exp2f(m_run[mt][hr] - shift);
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < NS; ++n)
+#pragma unroll
+                    for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+                        const float p = exp2f(s[mt][n][e] - shift);
+                        s[mt][n][e] = p;
+                        sum += p;
+                    }
+                l_run[mt][hr] = l_run[mt][hr] * alpha + sum;
+                m_run[mt][hr] = mx;
+#pragma unroll
+                for (int n = 0; n < NO; ++n) {
+                    o[mt][n][2 * hr] *= alpha;
+                    o[mt][n][2 * hr + 1] *= alpha;
+                }
+            }
+
+        // O += P V: logit tiles 2kp, 2kp + 1 are the A operand of k16 step kp
+#pragma unroll
+        for (int kp2 = 0; kp2 < KP; ++kp2) {
+            unsigned a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = attn::pack_half2(s[mt][2 * kp2][0], s[mt][2 * kp2][1]);
+                a[mt][1] = attn::pack_half2(s[mt][2 * kp2][2], s[mt][2 * kp2][3]);
+                a[mt][2] = attn::pack_half2(s[mt][2 * kp2 + 1][0], s[mt][2 * kp2 + 1][1]);
+                a[mt][3] = attn::pack_half2(s[mt][2 * kp2 + 1][2], s[mt][2 * kp2 + 1][3]);
+            }
+#pragma unroll
+            for (int np = 0; np < NO / 2; ++np) {
+                unsigned bv[4];
+                attn::ldsm_x4_trans(bv, vrow + kp2 * 16 * LD + np * 16);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    attn::mma16816(o[mt][2 * np], a[mt], bv[0], bv[1]);
+                    attn::mma16816(o[mt][2 * np + 1], a[mt], bv[2], bv[3]);
+                }
+            }
+        }
+    }
+
+    // normalise once; the quad's partial sums make the row sum
+    __half* op = out + (static_cast<long long>(bh) * Lq + i0) * Dv;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            float l = l_run[mt][hr];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int r = wrow + mt * 16 + g + 8 * hr;
+            if (i0 + r >= Lq) continue;
+            const bool seen = l > 0.0f;
+            const float inv = seen ? 1.0f / l : 0.0f;
+            if (has_lse && t == 0)
+                lse[static_cast<long long>(bh) * Lq + i0 + r] =
+                    seen ? (m_run[mt][hr] + log2f(l)) * 0.6931471805599453f : ninf;
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                const int d = n * 8 + 2 * t;
+                if (d < Dv) op[static_cast<long long>(r) * Dv + d] = __float2half_rn(o[mt][n][2 * hr] * inv);
+                if (d + 1 < Dv) op[static_cast<long long>(r) * Dv + d + 1] = __float2half_rn(o[mt][n][2 * hr + 1] * inv);
+            }
+        }
+}

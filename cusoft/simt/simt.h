@@ -570,4 +570,88 @@ CUSOFT_SIMT_CAS(unsigned long long)
 CUSOFT_SIMT_CAS(unsigned short)
 #undef CUSOFT_SIMT_CAS
 
+// ---- tensor-core primitives (PTX mma.sync / ldmatrix), warp-collective ---------------------------
+// CUDA C reaches these instructions only through inline PTX, which a host compiler cannot run, so
+// a kernel wraps each in a small device function whose non-__CUDACC__ branch calls the emulation
+// below.  The emulation follows the fragment layouts of the PTX ISA (groupID g = lane / 4,
+// threadID_in_group t = lane % 4) and moves every element between lanes with warp shuffles, so a
+// kernel that gets a layout wrong gives a wrong answer here as it would on the GPU.  All 32 lanes
+// of the warp must call them together (the shuffles check it).
+namespace cusoft_simt {
+namespace detail {
+inline int lane_id() {
+    const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    return static_cast<int>(tid & 31u);
+}
+inline unsigned pack_halves(unsigned short lo, unsigned short hi) {
+    return static_cast<unsigned>(lo) | (static_cast<unsigned>(hi) << 16);
+}
+inline float half_lo(unsigned w) { return half_bits_to_float(static_cast<unsigned short>(w & 0xffffu)); }
+inline float half_hi(unsigned w) { return half_bits_to_float(static_cast<unsigned short>(w >> 16)); }
+inline const unsigned short* ldmatrix_row(const void* p, int src, const char* file, int line) {
+    const unsigned long long a = warp_op(OP_SHFL_IDX, 0xffffffffu, to_bits(p), src, 32, file, line);
+    if (a & 15u) fail("ldmatrix: row address %#llx of lane %d is not 16-byte aligned (%s:%d)", a, src, file, line);
+    return reinterpret_cast<const unsigned short*>(static_cast<unsigned long long>(a));
+}
+}  // namespace detail
+
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32: d (16x8 float) += a (16x16 half, row) *
+// b (16x8 half, col).  Lane (g, t) holds a = {A[g][2t..2t+1], A[g+8][2t..], A[g][2t+8..],
+// A[g+8][2t+8..]}, b = {B[2t..2t+1][g], B[2t+8..2t+9][g]}, d = {D[g][2t], D[g][2t+1],
+// D[g+8][2t], D[g+8][2t+1]}; a half pair packs the lower column (or row) in the low 16 bits.
+// Products of halves are exact in float; the sum runs in float, in k order.
+inline void mma_m16n8k16_f32f16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                                CUSOFT_SIMT_WHERE) {
+    using namespace detail;
+    const int lane = lane_id(), g = lane >> 2, t = lane & 3;
+    float arow[2][16], bcol[2][16];
+    for (int s = 0; s < 4; ++s) {
+        const int src = 4 * g + s;  // holds rows g, g+8 at k = 2s, 2s+1, 2s+8, 2s+9
+        unsigned w[4];
+        for (int r = 0; r < 4; ++r)
+            w[r] = static_cast<unsigned>(warp_op(OP_SHFL_IDX, 0xffffffffu, a[r], src, 32, CUSOFT_SIMT_AT));
+        for (int h = 0; h < 2; ++h) {
+            arow[h][2 * s] = half_lo(w[h]);
+            arow[h][2 * s + 1] = half_hi(w[h]);
+            arow[h][2 * s + 8] = half_lo(w[h + 2]);
+            arow[h][2 * s + 9] = half_hi(w[h + 2]);
+        }
+        for (int c = 0; c < 2; ++c) {
+            const int bsrc = 4 * (2 * t + c) + s;  // holds column n = 2t + c at k = 2s.., 2s+8..
+            const unsigned b0 = static_cast<unsigned>(warp_op(OP_SHFL_IDX, 0xffffffffu, b[0], bsrc, 32, CUSOFT_SIMT_AT));
+            const unsigned b1 = static_cast<unsigned>(warp_op(OP_SHFL_IDX, 0xffffffffu, b[1], bsrc, 32, CUSOFT_SIMT_AT));
+            bcol[c][2 * s] = half_lo(b0);
+            bcol[c][2 * s + 1] = half_hi(b0);
+            bcol[c][2 * s + 8] = half_lo(b1);
+            bcol[c][2 * s + 9] = half_hi(b1);
+        }
+    }
+    for (int h = 0; h < 2; ++h)
+        for (int c = 0; c < 2; ++c) {
+            float acc = d[2 * h + c];
+            for (int k = 0; k < 16; ++k) acc += arow[h][k] * bcol[c][k];
+            d[2 * h + c] = acc;
+        }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 matrices of 16-bit elements; lane
+// 8j + r gives the (16-byte aligned) address of row r of matrix j; lane (g, t) receives in r[j]
+// the pair M_j[g][2t..2t+1] (M_j[2t][g], M_j[2t+1][g] with trans).
+inline void ldmatrix_x4(unsigned (&r)[4], const void* row, bool trans, CUSOFT_SIMT_WHERE) {
+    using namespace detail;
+    const int lane = lane_id(), g = lane >> 2, t = lane & 3;
+    for (int j = 0; j < 4; ++j) {
+        if (!trans) {
+            // every lane must take part in each shuffle: fetch the row this lane needs
+            const unsigned short* p = ldmatrix_row(row, 8 * j + g, CUSOFT_SIMT_AT);
+            r[j] = pack_halves(p[2 * t], p[2 * t + 1]);
+        } else {
+            const unsigned short* p0 = ldmatrix_row(row, 8 * j + 2 * t, CUSOFT_SIMT_AT);
+            const unsigned short* p1 = ldmatrix_row(row, 8 * j + 2 * t + 1, CUSOFT_SIMT_AT);
+            r[j] = pack_halves(p0[g], p1[g]);
+        }
+    }
+}
+}  // namespace cusoft_simt
+
 #endif  // CUSOFT_SIMT_H
