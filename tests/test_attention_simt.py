@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cusoft._attention import attention
-from cusoft._attention_launch import TILES, launch_config
+from cusoft._attention_launch import TILES, TILES_MMA, launch_config
 
 from test_attention import FLOOR, SHAPES, check, err, make
 
@@ -123,10 +123,52 @@ def test_naive_method_on_simt():
 def test_launch_config_is_consistent():
     for dt, acc in ((np.float16, 4), (np.float32, 4), (np.float64, 8)):
         for D in (1, 31, 32, 33, 64, 100, 128, 129, 256):
-            cfg = launch_config(dt, 2, 3, 100, D, D)
+            cfg = launch_config(dt, 2, 3, 100, D, D, "fma")
+            assert cfg.name.startswith("attention_fwd<")
             assert cfg.bucket >= D and (acc, cfg.bucket) in TILES
             bm, bn = cfg.bm, cfg.bn
             assert cfg.shared_mem == acc * (bm * cfg.bucket + bn * (cfg.bucket + 1)
                                             + bm * (bn + 1) + bm)
             assert cfg.shared_mem <= 163 * 1024  # sm_80's opt-in limit
             assert cfg.grid == (6, -(-100 // bm), 1) and cfg.block == (128, 1, 1)
+            if dt != np.float16:
+                assert launch_config(dt, 2, 3, 100, D, D) == cfg  # "fma" is their default
+
+
+def test_launch_config_tensor_cores():
+    for D in (1, 31, 32, 33, 64, 100, 128, 129, 256):
+        cfg = launch_config(np.float16, 2, 3, 100, D, D)
+        assert cfg == launch_config(np.float16, 2, 3, 100, D, D, "mma")  # the float16 default
+        assert cfg.name == f"attention_fwd_mma<{cfg.bucket}, {cfg.bm}, {cfg.bn}>"
+        assert (cfg.bm, cfg.bn) == TILES_MMA[cfg.bucket] and cfg.bucket >= D
+        # 4 warps of 16-row mma tiles, 16-key steps; half rows padded by 8
+        assert cfg.bm % 64 == 0 and cfg.bn % 16 == 0
+        assert cfg.shared_mem == 2 * (cfg.bm + 2 * cfg.bn) * (cfg.bucket + 8) <= 163 * 1024
+        assert cfg.grid == (6, -(-100 // cfg.bm), 1) and cfg.block == (128, 1, 1)
+    for dt in (np.float32, np.float64):
+        with pytest.raises(ValueError, match="float16"):
+            launch_config(dt, 1, 1, 8, 64, 64, "mma")
+
+
+@pytest.mark.parametrize("shapes", BUCKET_CASES, ids=["d19", "d40", "d65", "d200"])
+def test_float16_flavours_agree(shapes):
+    """Tensor cores (the float16 default) and CUDA cores, each within the float16 bound of
+    the float64 reference (``check``), and within a few half ulps of each other."""
+    rng = np.random.default_rng(25)
+    q, k, v = make(*shapes, np.float16, rng)
+    o_mma, l_mma = _run(q, k, v, causal=True, method="mma")
+    o_fma, l_fma = _run(q, k, v, causal=True, method="fma")
+    np.testing.assert_allclose(o_mma.astype(np.float32), o_fma.astype(np.float32),
+                               rtol=0, atol=4e-3)
+    np.testing.assert_allclose(l_mma, l_fma, rtol=0, atol=2e-3)
+
+
+def test_flavour_errors():
+    rng = np.random.default_rng(26)
+    q, k, v = make((1, 1, 4, 8), (1, 1, 4, 8), (1, 1, 4, 8), np.float32, rng)
+    with pytest.raises(ValueError, match="float16"):
+        attention(q, k, v, backend="simt", method="mma")
+    for m in ("fma", "mma"):
+        with pytest.raises(ValueError, match="CUDA kernel flavour"):
+            attention(q.astype(np.float16), k.astype(np.float16), v.astype(np.float16),
+                      method=m)  # NumPy arrays: the CPU backend

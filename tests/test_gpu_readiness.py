@@ -65,6 +65,8 @@ def _ctype_dtype(decl, T):
     ptr = "*" in d
     base = " ".join(d.replace("*", " ").split()[:-1])   # drop the parameter name
     table = {"T": T, "acc_t<T>": acc, "typename attn::AccOf<T>::type": acc,
+             "__half": np.dtype(np.float16), "float": np.dtype(np.float32),
+             "double": np.dtype(np.float64),
              "int": np.dtype(np.int32), "i64": np.dtype(np.int64),
              "long long": np.dtype(np.int64), "unsigned char": np.dtype(np.uint8)}
     assert base in table, f"unknown C type {base!r} in {decl!r}"
@@ -72,8 +74,13 @@ def _ctype_dtype(decl, T):
 
 
 def _template_dtype(name_expression):
+    """The storage type T of a kernel templated on it; kernels for one fixed type (the
+    tensor-core attention: half) start with an int parameter and spell their types out."""
     first = name_expression.split("<", 1)[1].split(",")[0].split(">")[0].strip()
-    return np.dtype({v: k for k, v in _module.CTYPE.items()}[first])
+    by_name = {v: k for k, v in _module.CTYPE.items()}
+    if first.lstrip("-").isdigit():
+        return np.dtype(np.float16) if name_expression.startswith("attention_fwd_mma<") else None
+    return np.dtype(by_name[first])
 
 
 def _check_launch(sigs, kernel, grid, block, args, shared, smem_limit=DEFAULT_SMEM):

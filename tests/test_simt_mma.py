@@ -1,0 +1,207 @@
+"""The tensor-core primitives of kernels_cu/attention.cu (PTX mma.sync m16n8k16 and ldmatrix
+x4 / x4.trans) against the fragment layouts of the PTX ISA, written here once in NumPy.
+
+On the CPU the kernels below run on the SIMT harness, whose warp-shuffle emulation stands in
+for the two PTX instructions; on a GPU (marked ``gpu``) the very same source runs on the
+hardware through CuPy.  Both must match the NumPy statement of the layouts, so a GPU session
+also proves that the emulator's layouts are the silicon's.  A planted layout mistake (two A
+registers swapped) must give a wrong product, and a misaligned ldmatrix row must be refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cusoft import _attention_launch as AL
+
+# Test kernels appended to attention.cu, so they call its own wrappers (attn::mma16816,
+# attn::ldsm_x4, attn::ldsm_x4_trans).  One warp each.
+TEST_KERNELS = r"""
+// d = a b + c for one m16n8k16 tile; a (16x16) and b (16x8, k-major) row-major halves in
+// global memory, gathered into fragments by the PTX layout; SWAP plants a layout mistake.
+template <bool SWAP>
+__global__ void mma_tile(const __half* a, const __half* b, const float* c, float* d)
+{
+    const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+    unsigned ra[4];
+    for (int r = 0; r < 4; ++r) {
+        const int row = g + 8 * (r & 1), col = 2 * t + 8 * (r >> 1);
+        ra[r] = static_cast<unsigned>(__half_as_ushort(a[row * 16 + col]))
+              | (static_cast<unsigned>(__half_as_ushort(a[row * 16 + col + 1])) << 16);
+    }
+    if (SWAP) { const unsigned x = ra[1]; ra[1] = ra[2]; ra[2] = x; }
+    unsigned rb[2];
+    for (int r = 0; r < 2; ++r) {
+        const int k = 2 * t + 8 * r;
+        rb[r] = static_cast<unsigned>(__half_as_ushort(b[k * 8 + g]))
+              | (static_cast<unsigned>(__half_as_ushort(b[(k + 1) * 8 + g])) << 16);
+    }
+    float acc[4];
+    for (int e = 0; e < 4; ++e) acc[e] = c[(g + 8 * (e >> 1)) * 8 + 2 * t + (e & 1)];
+    attn::mma16816(acc, ra, rb[0], rb[1]);
+    for (int e = 0; e < 4; ++e) d[(g + 8 * (e >> 1)) * 8 + 2 * t + (e & 1)] = acc[e];
+}
+
+// Copies a rows x cols half matrix into shared memory (row stride ld elements), then every lane
+// supplies the row address of the attention kernel's pattern: lane 8j + r gives row
+// r0[j] + r, column c0[j]; out[lane][j] and out_t[lane][j] get the x4 and x4.trans words.
+__global__ void ldsm(const __half* m, int rows, int cols, int ld, const int* r0, const int* c0,
+                     int misalign, unsigned* out, unsigned* out_t)
+{
+    CUSOFT_DYN_SMEM(__half, s);
+    const int lane = threadIdx.x;
+    for (int i = lane; i < rows * cols; i += 32) s[(i / cols) * ld + i % cols] = m[i];
+    __syncthreads();
+    const int j = lane >> 3;
+    const __half* row = s + (r0[j] + (lane & 7)) * ld + c0[j] + misalign;
+    unsigned r[4], rt[4];
+    attn::ldsm_x4(r, row);
+    attn::ldsm_x4_trans(rt, row);
+    for (int i = 0; i < 4; ++i) {
+        out[lane * 4 + i] = r[i];
+        out_t[lane * 4 + i] = rt[i];
+    }
+}
+"""
+NAMES = ["mma_tile<false>", "mma_tile<true>", "ldsm"]
+
+
+def _halves(words):
+    """(low, high) float16 pair of each uint32."""
+    w = np.asarray(words, np.uint32)
+    return ((w & 0xFFFF).astype(np.uint16).view(np.float16),
+            (w >> 16).astype(np.uint16).view(np.float16))
+
+
+def _ldsm_expected(m, r0, c0):
+    """The PTX layout: lane (g, t) gets M_j[g][2t..2t+1] (x4) and M_j[2t..2t+1][g] (.trans),
+    M_j the 8x8 block at (r0[j], c0[j])."""
+    lane = np.arange(32)
+    g, t = lane // 4, lane % 4
+    want = np.empty((32, 4, 2), np.float16)
+    want_t = np.empty((32, 4, 2), np.float16)
+    for j in range(4):
+        blk = m[r0[j]:r0[j] + 8, c0[j]:c0[j] + 8]
+        want[:, j, 0], want[:, j, 1] = blk[g, 2 * t], blk[g, 2 * t + 1]
+        want_t[:, j, 0], want_t[:, j, 1] = blk[2 * t, g], blk[2 * t + 1, g]
+    return want, want_t
+
+
+class _Simt:
+    """The simt module, launched like a CuPy RawModule on NumPy arrays."""
+
+    xp = np
+
+    def __init__(self):
+        from cusoft import simt
+
+        ok, why = simt.available()
+        if not ok:
+            pytest.skip(f"simt harness unavailable: {why}")
+        self.mod = simt.SimtModule(code=AL.kernel_source() + TEST_KERNELS,
+                                   options=AL.NVRTC_OPTIONS, name_expressions=NAMES)
+
+    def run(self, name, grid, block, args, shared_mem=0, seed=0):
+        self.mod.get_function(name)(grid, block, args, shared_mem=shared_mem, seed=seed)
+
+    @staticmethod
+    def get(a):
+        return a
+
+
+class _Cupy:
+    def __init__(self):
+        cp = pytest.importorskip("cupy", reason="CuPy is not installed")
+        try:
+            n = cp.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # no driver
+            pytest.skip(f"no CUDA device: {exc}")
+        if n == 0:
+            pytest.skip("no CUDA device visible")
+        self.xp = cp
+        self.mod = cp.RawModule(code=AL.kernel_source() + TEST_KERNELS,
+                                options=AL.NVRTC_OPTIONS + AL.fp16_include_options(),
+                                name_expressions=NAMES)
+
+    def run(self, name, grid, block, args, shared_mem=0, seed=0):
+        self.mod.get_function(name)(grid, block, args, shared_mem=shared_mem)
+        self.xp.cuda.runtime.deviceSynchronize()
+
+    def get(self, a):
+        return self.xp.asnumpy(a)
+
+
+@pytest.fixture(scope="module", params=["simt", pytest.param("cupy", marks=pytest.mark.gpu)])
+def dev(request):
+    return _Simt() if request.param == "simt" else _Cupy()
+
+
+def _mma(dev, swap, seed):
+    rng = np.random.default_rng(seed)
+    # small integers: every product and sum is exact in float, so the check can be exact
+    a = rng.integers(-8, 9, (16, 16)).astype(np.float16)
+    b = rng.integers(-8, 9, (16, 8)).astype(np.float16)
+    c = rng.integers(-64, 65, (16, 8)).astype(np.float32)
+    d = dev.xp.zeros((16, 8), np.float32)
+    dev.run(f"mma_tile<{'true' if swap else 'false'}>", (1, 1, 1), (32, 1, 1),
+            tuple(dev.xp.asarray(x) for x in (a, b, c)) + (d,), seed=seed)
+    want = a.astype(np.float64) @ b.astype(np.float64) + c
+    return dev.get(d), want
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mma_m16n8k16_matches_the_ptx_layout(dev, seed):
+    got, want = _mma(dev, False, seed)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_mma_non_integer_values(dev):
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((16, 16)).astype(np.float16)
+    b = rng.standard_normal((16, 8)).astype(np.float16)
+    c = rng.standard_normal((16, 8)).astype(np.float32)
+    d = dev.xp.zeros((16, 8), np.float32)
+    dev.run("mma_tile<false>", (1, 1, 1), (32, 1, 1),
+            tuple(dev.xp.asarray(x) for x in (a, b, c)) + (d,))
+    want = a.astype(np.float64) @ b.astype(np.float64) + c
+    np.testing.assert_allclose(dev.get(d), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_planted_fragment_mistake_gives_a_wrong_product(dev):
+    got, want = _mma(dev, True, 0)
+    assert not np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("pattern", ["attention-q", "attention-k", "attention-v"])
+def test_ldmatrix_x4_and_trans_match_the_ptx_layout(dev, pattern):
+    # the three address patterns attention_fwd_mma uses, on a padded 32 x 40 tile (ld 48)
+    r0, c0 = {"attention-q": ([0, 8, 0, 8], [16, 16, 24, 24]),
+              "attention-k": ([16, 16, 24, 24], [0, 8, 0, 8]),
+              "attention-v": ([8, 16, 8, 16], [24, 24, 32, 32])}[pattern]
+    rows, cols, ld = 32, 40, 48
+    m = (np.arange(rows * cols) % 2039).astype(np.float16).reshape(rows, cols)
+    out = dev.xp.zeros((32, 4), np.uint32)
+    out_t = dev.xp.zeros((32, 4), np.uint32)
+    dev.run("ldsm", (1, 1, 1), (32, 1, 1),
+            (dev.xp.asarray(m), np.int32(rows), np.int32(cols), np.int32(ld),
+             dev.xp.asarray(np.array(r0, np.int32)), dev.xp.asarray(np.array(c0, np.int32)),
+             np.int32(0), out, out_t), shared_mem=rows * ld * 2)
+    want, want_t = _ldsm_expected(m, r0, c0)
+    lo, hi = _halves(dev.get(out))
+    np.testing.assert_array_equal(np.stack([lo, hi], -1), want)
+    lo, hi = _halves(dev.get(out_t))
+    np.testing.assert_array_equal(np.stack([lo, hi], -1), want_t)
+
+
+def test_misaligned_ldmatrix_row_is_refused():
+    """A row address off its 16-byte boundary faults on a GPU; the harness says so."""
+    from cusoft import simt
+
+    h = _Simt()
+    m = np.zeros((16, 16), np.float16)
+    with pytest.raises(simt.SimtError, match="16-byte aligned"):
+        h.run("ldsm", (1, 1, 1), (32, 1, 1),
+              (m, np.int32(16), np.int32(16), np.int32(24), np.array([0, 8, 0, 8], np.int32),
+               np.array([0, 0, 8, 8], np.int32), np.int32(1), np.zeros((32, 4), np.uint32),
+               np.zeros((32, 4), np.uint32)), shared_mem=16 * 24 * 2)
