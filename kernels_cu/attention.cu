@@ -286,7 +286,9 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
 //   operand of P V (two n8 logit tiles = one k16 step), never stored.
 // * Q, K, V tiles are staged in shared memory as half, rows padded to DB + 8 elements (16-byte
 //   aligned rows, and the eight rows an ldmatrix reads fall in eight different bank groups);
-//   fragments come from ldmatrix (.trans for V, whose B operand is key-major).
+//   fragments come from ldmatrix (.trans for V, whose B operand is key-major).  Tiles arrive
+//   by cp.async (16-byte rows), V overlapping Q Kᵀ and the next K overlapping P V; ragged or
+//   misaligned rows fall back to element loads.
 // * Everything else is the FMA kernel's rule: log2-domain online softmax with the max shift
 //   (never exp of an unshifted logit), causal tiles above the diagonal skipped, masks and biases
 //   through broadcast strides, zero padding for ragged D / Lq / Lk, fully masked rows -> zeros
@@ -344,9 +346,42 @@ ATTN_DEV unsigned pack_half2(float lo, float hi)
     return static_cast<unsigned>(l) | (static_cast<unsigned>(h) << 16);
 }
 
-// rows [0, nrows) x columns [0, DB) of a half tile into shared memory (row stride LD), reading
-// `valid` rows of `ncols` columns from src (row stride ncols) and writing zeros elsewhere.
-// 16-byte loads when the rows allow them, element loads otherwise.
+// cp.async.cg 16 bytes global -> shared, zero-filled when !valid (nothing is read then).
+ATTN_DEV void cp_async16(void* dst, const void* src, bool valid)
+{
+#ifdef __CUDACC__
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(addr), "l"(src), "r"(valid ? 16 : 0));
+#else
+    cusoft_simt::cp_async(dst, src, 16, valid ? 16 : 0);
+#endif
+}
+
+ATTN_DEV void cp_async_commit()
+{
+#ifdef __CUDACC__
+    asm volatile("cp.async.commit_group;\n" ::);
+#else
+    cusoft_simt::cp_async_commit();
+#endif
+}
+
+// waits until every committed group of this thread but the newest N has landed
+template <int N>
+ATTN_DEV void cp_async_wait()
+{
+#ifdef __CUDACC__
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+#else
+    cusoft_simt::cp_async_wait(N);
+#endif
+}
+
+// Starts loading rows [0, NROWS) x columns [0, DB) of a half tile into shared memory (row
+// stride LD): `valid` rows of `ncols` columns from src (row stride ncols), zeros elsewhere.
+// With 16-byte rows (ncols % 8 == 0, src aligned) the copies are asynchronous (cp.async, one
+// group per call: the caller waits before reading); otherwise element loads, done on return.
 template <int DB, int LD, int NROWS>
 ATTN_DEV void load_tile_half(__half* dst, const __half* src, int valid, int ncols, int tid)
 {
@@ -357,10 +392,8 @@ ATTN_DEV void load_tile_half(__half* dst, const __half* src, int valid, int ncol
     if (vec) {
         for (int idx = tid; idx < NROWS * CH; idx += NT) {
             const int r = idx / CH, c = (idx - r * CH) * 8;
-            uint4 val = make_uint4(0u, 0u, 0u, 0u);
-            if (r < valid && c < ncols)
-                val = *reinterpret_cast<const uint4*>(src + static_cast<long long>(r) * ncols + c);
-            *reinterpret_cast<uint4*>(dst + r * LD + c) = val;
+            const bool ok = r < valid && c < ncols;
+            cp_async16(dst + r * LD + c, ok ? src + static_cast<long long>(r) * ncols + c : src, ok);
         }
     } else {
         const __half zero = __float2half_rn(0.0f);
@@ -369,6 +402,7 @@ ATTN_DEV void load_tile_half(__half* dst, const __half* src, int valid, int ncol
             dst[r * LD + c] = (r < valid && c < ncols) ? src[static_cast<long long>(r) * ncols + c] : zero;
         }
     }
+    cp_async_commit();
 }
 
 }  // namespace attn
@@ -417,8 +451,6 @@ attention_fwd_mma(const __half* __restrict__ q, const __half* __restrict__ k,
     const unsigned char* mp = mask + (has_mask ? b * ms0 + h * ms1 : 0);
     const __half* bp = bias + (has_bias ? b * bs0 + h * bs1 : 0);
 
-    attn::load_tile_half<DB, LD, BM>(sQ, qp, Lq - i0, D, tid);
-
     float o[MT][NO][4];
     float m_run[MT][2], l_run[MT][2];
 #pragma unroll
@@ -446,12 +478,18 @@ attention_fwd_mma(const __half* __restrict__ q, const __half* __restrict__ k,
     const __half* krow = sK + ((lane & 7) + 8 * (lane >> 4)) * LD + 8 * ((lane >> 3) & 1);
     const __half* vrow = sV + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 8 * (lane >> 4);
 
+    // Pipeline (FlashAttention-2's): Q and the first K tile are in flight before the loop; in
+    // the loop, V of this tile loads while Q Kᵀ and the softmax run, and K of the next tile
+    // while P V runs.  One buffer each: the barrier before a load orders it after every warp's
+    // last read of the buffer.
+    attn::load_tile_half<DB, LD, BM>(sQ, qp, Lq - i0, D, tid);
+    if (kend > 0)
+        attn::load_tile_half<DB, LD, BN>(sK, kp, kend < BN ? kend : BN, D, tid);
     for (int n0 = 0; n0 < kend; n0 += BN) {
-        __syncthreads();  // the previous tile's K and V are no longer read
         const int nvalid = kend - n0 < BN ? kend - n0 : BN;
-        attn::load_tile_half<DB, LD, BN>(sK, kp + static_cast<long long>(n0) * D, nvalid, D, tid);
+        attn::cp_async_wait<0>();
+        __syncthreads();  // K (and Q) landed for every thread; no warp still reads sV
         attn::load_tile_half<DB, LD, BN>(sV, vp + static_cast<long long>(n0) * Dv, nvalid, Dv, tid);
-        __syncthreads();
 
         float s[MT][NS][4];
 #pragma unroll
@@ -532,6 +570,13 @@ attention_fwd_mma(const __half* __restrict__ q, const __half* __restrict__ k,
                 }
             }
 
+        attn::cp_async_wait<0>();
+        __syncthreads();  // V landed; no warp still reads sK
+        if (n0 + BN < kend) {
+            const int nnext = kend - n0 - BN < BN ? kend - n0 - BN : BN;
+            attn::load_tile_half<DB, LD, BN>(sK, kp + static_cast<long long>(n0 + BN) * D, nnext, D, tid);
+        }
+
         // O += P V: logit tiles 2kp, 2kp + 1 are the A operand of k16 step kp
 #pragma unroll
         for (int kp2 = 0; kp2 < KP; ++kp2) {
@@ -556,6 +601,7 @@ attention_fwd_mma(const __half* __restrict__ q, const __half* __restrict__ k,
         }
     }
 
+    attn::cp_async_wait<0>();  // kend == 0: Q was never waited for
     // normalise once; the quad's partial sums make the row sum
     __half* op = out + (static_cast<long long>(bh) * Lq + i0) * Dv;
 #pragma unroll

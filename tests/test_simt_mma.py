@@ -63,8 +63,26 @@ __global__ void ldsm(const __half* m, int rows, int cols, int ld, const int* r0,
         out_t[lane * 4 + i] = rt[i];
     }
 }
+
+// Two cp.async groups of 16 bytes per thread (the second zero-filled where !valid[tid]),
+// then cp.async.wait_group WAIT_N, a barrier, and every thread copies shared memory out.
+template <int WAIT_N>
+__global__ void async_groups(const __half* a, const __half* b, const int* valid, __half* out)
+{
+    CUSOFT_DYN_SMEM(__half, s);
+    const int tid = threadIdx.x, n = blockDim.x * 8;
+    attn::cp_async16(s + tid * 8, a + tid * 8, true);
+    attn::cp_async_commit();
+    attn::cp_async16(s + n + tid * 8, b + tid * 8, valid[tid] != 0);
+    attn::cp_async_commit();
+    attn::cp_async_wait<WAIT_N>();
+    __syncthreads();
+    for (int i = 0; i < 16; ++i) out[tid * 16 + i] = s[(i < 8 ? 0 : n - 8) + tid * 8 + i];
+    attn::cp_async_wait<0>();
+}
 """
-NAMES = ["mma_tile<false>", "mma_tile<true>", "ldsm"]
+NAMES = ["mma_tile<false>", "mma_tile<true>", "ldsm", "async_groups<0>", "async_groups<1>",
+         "async_groups<2>"]
 
 
 def _halves(words):
@@ -205,3 +223,36 @@ def test_misaligned_ldmatrix_row_is_refused():
               (m, np.int32(16), np.int32(16), np.int32(24), np.array([0, 8, 0, 8], np.int32),
                np.array([0, 0, 8, 8], np.int32), np.int32(1), np.zeros((32, 4), np.uint32),
                np.zeros((32, 4), np.uint32)), shared_mem=16 * 24 * 2)
+
+
+def _async(dev, wait_n):
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((64, 8)).astype(np.float16)
+    b = rng.standard_normal((64, 8)).astype(np.float16)
+    valid = (rng.random(64) > 0.3).astype(np.int32)
+    out = dev.xp.zeros((64, 16), np.float16)
+    dev.run(f"async_groups<{wait_n}>", (1, 1, 1), (64, 1, 1),
+            (dev.xp.asarray(a), dev.xp.asarray(b), dev.xp.asarray(valid), out),
+            shared_mem=2 * 64 * 8 * 2)
+    return dev.get(out), a, np.where(valid[:, None] != 0, b, 0)
+
+
+def test_cp_async_wait_all_lands_every_group_and_zero_fills(dev):
+    got, a, b = _async(dev, 0)
+    np.testing.assert_array_equal(got[:, :8], a)
+    np.testing.assert_array_equal(got[:, 8:], b)
+
+
+def test_cp_async_wait_group_1_lands_only_the_older_group():
+    """On the harness the newest group has not landed (the poisoned shared memory reads as
+    NaN): a kernel that waits too little reads stale data here.  (A GPU may or may not have
+    finished it, so this is a harness-only test.)"""
+    got, a, _ = _async(_Simt(), 1)
+    np.testing.assert_array_equal(got[:, :8], a)
+    assert np.isnan(got[:, 8:].astype(np.float32)).all()
+
+
+def test_cp_async_without_wait_reads_stale_shared_memory():
+    """The planted bug: no wait before the barrier and the reads."""
+    got, a, _ = _async(_Simt(), 2)
+    assert np.isnan(got.astype(np.float32)).all()

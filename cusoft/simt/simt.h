@@ -27,6 +27,7 @@
 #include <limits>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // ---- keywords ----------------------------------------------------------------------------------
 #define __global__
@@ -651,6 +652,67 @@ inline void ldmatrix_x4(unsigned (&r)[4], const void* row, bool trans, CUSOFT_SI
             r[j] = pack_halves(p0[g], p1[g]);
         }
     }
+}
+}  // namespace cusoft_simt
+
+// ---- asynchronous copies (PTX cp.async), per thread ---------------------------------------------
+// A copy issued with cp_async is not performed when issued: it waits in its thread's queue until
+// cp_async_wait(n) (cp.async.wait_group n) completes every committed group but the newest n.
+// __syncthreads does not complete it (as on a GPU), so a kernel that reads the destination
+// before waiting reads the poisoned shared memory and gives a wrong answer here.
+namespace cusoft_simt {
+namespace detail {
+struct AsyncCopy { void* dst; const void* src; int bytes; int src_bytes; };
+struct AsyncQueue {
+    std::vector<AsyncCopy> copies;
+    std::vector<size_t> group_end;  // copies[0, group_end[i]) belong to groups 0..i
+    void* owner = nullptr;          // the dynamic shared memory of the block that issued them
+    unsigned bx = 0, by = 0, bz = 0;
+};
+inline AsyncQueue& async_queue(const char* file, int line) {
+    static AsyncQueue queues[1024];
+    const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    AsyncQueue& q = queues[tid];
+    void* smem = dynamic_smem();
+    if (q.owner != smem || q.bx != blockIdx.x || q.by != blockIdx.y || q.bz != blockIdx.z) {
+        if (!q.copies.empty())
+            fail("cp.async: thread %u left %zu copies of an earlier block never waited for (%s:%d)",
+                 tid, q.copies.size(), file, line);
+        q.group_end.clear();
+        q.owner = smem;
+        q.bx = blockIdx.x; q.by = blockIdx.y; q.bz = blockIdx.z;
+    }
+    return q;
+}
+}  // namespace detail
+
+// cp.async.{ca,cg}.shared.global [dst], [src], bytes, src_bytes: copies src_bytes and zero-fills
+// the rest of the bytes (4, 8 or 16, both addresses aligned to it).
+inline void cp_async(void* dst, const void* src, int bytes, int src_bytes, CUSOFT_SIMT_WHERE) {
+    using namespace detail;
+    if ((bytes != 4 && bytes != 8 && bytes != 16) || src_bytes < 0 || src_bytes > bytes)
+        fail("cp.async: bad sizes %d/%d (%s:%d)", bytes, src_bytes, CUSOFT_SIMT_AT);
+    if ((reinterpret_cast<unsigned long long>(dst) | reinterpret_cast<unsigned long long>(src)) % bytes)
+        fail("cp.async: %d-byte copy with a misaligned address (%s:%d)", bytes, CUSOFT_SIMT_AT);
+    async_queue(CUSOFT_SIMT_AT).copies.push_back(AsyncCopy{dst, src, bytes, src_bytes});
+}
+inline void cp_async_commit(CUSOFT_SIMT_WHERE) {
+    detail::AsyncQueue& q = detail::async_queue(CUSOFT_SIMT_AT);
+    q.group_end.push_back(q.copies.size());
+}
+inline void cp_async_wait(int newest_pending, CUSOFT_SIMT_WHERE) {
+    detail::AsyncQueue& q = detail::async_queue(CUSOFT_SIMT_AT);
+    const long done_groups = static_cast<long>(q.group_end.size()) - newest_pending;
+    if (done_groups <= 0) return;
+    const size_t n = q.group_end[done_groups - 1];
+    for (size_t i = 0; i < n; ++i) {
+        const detail::AsyncCopy& c = q.copies[i];
+        memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+        memset(static_cast<char*>(c.dst) + c.src_bytes, 0, static_cast<size_t>(c.bytes - c.src_bytes));
+    }
+    q.copies.erase(q.copies.begin(), q.copies.begin() + static_cast<long>(n));
+    q.group_end.erase(q.group_end.begin(), q.group_end.begin() + done_groups);
+    for (size_t& e : q.group_end) e -= n;
 }
 }  // namespace cusoft_simt
 
