@@ -133,6 +133,13 @@ def bench_gpu(quick, save=lambda rows: None):
                     row = dict(dtype=np.dtype(dt).name, B=B, H=H, L=L, D=D, causal=causal,
                                ms=t * 1e3, tflops=flops(B, H, L, L, D, causal) / t / 1e12,
                                max_rel_err=err, peak_bytes=_peak_gpu(run))
+                    if dt == np.float16:
+                        # the CUDA-core flavour of the same call (the tensor-core one is the default)
+                        fma = lambda: attention(q, k, v, causal=causal, method="fma")  # noqa: E731
+                        fma()
+                        t_f = _time_gpu(fma, reps)
+                        row["fma_ms"] = t_f * 1e3
+                        row["fma_tflops"] = flops(B, H, L, L, D, causal) / t_f / 1e12
                     naive_bytes = B * H * L * L * (4 if dt == np.float16 else np.dtype(dt).itemsize)
                     if naive_bytes * 3 < cupy.cuda.Device().mem_info[0]:
                         row["naive_peak_bytes"] = _peak_gpu(
@@ -151,6 +158,7 @@ def bench_gpu(quick, save=lambda rows: None):
                         t_t = _time_gpu(lambda: sdpa(tq, tk, tv, is_causal=causal), reps)
                         row["torch_ms"] = t_t * 1e3
                         row["torch_tflops"] = flops(B, H, L, L, D, causal) / t_t / 1e12
+                        row["vs_torch"] = t_t / t  # > 1: cusoft faster than SDPA
                     rows.append(row)
                     print(_fmt(row), flush=True)
                     save(rows)   # a run cut short by a time limit keeps what it measured
@@ -203,8 +211,10 @@ def _fmt(r):
     if "tflops" in r:
         s += f"{r['tflops']:7.2f} TFLOP/s  peak {mb(r['peak_bytes'])} MiB  naive peak " \
              f"{mb(r.get('naive_peak_bytes'))} MiB"
+        if "fma_tflops" in r:
+            s += f"  fma {r['fma_tflops']:7.2f} TFLOP/s"
         if "torch_tflops" in r:
-            s += f"  torch {r['torch_tflops']:7.2f} TFLOP/s"
+            s += f"  torch {r['torch_tflops']:7.2f} TFLOP/s ({r['vs_torch']:.2f}x)"
     else:
         s += (f"{r['gflops']:7.2f} GFLOP/s  peak {mb(r['peak_bytes'])} MiB | naive "
               f"{r['naive_ms']:9.3f} ms peak {mb(r['naive_peak_bytes'])} MiB")

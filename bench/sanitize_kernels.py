@@ -54,6 +54,13 @@ def main(small):
 
         q = cp.asarray(rng.standard_normal((1, 2, 70, 40)).astype(np.float32))
         attention(q, q, q, causal=True)
+        # float16: the tensor-core kernel (cp.async rows at D = 40, element loads at D = 19)
+        # and the CUDA-core one
+        for d in (40, 19):
+            h = cp.asarray(rng.standard_normal((1, 2, 150, d)).astype(np.float16))
+            attention(h, h, h, causal=True)
+            attention(h, h, h, mask=cp.asarray(rng.random((150, 150)) > 0.3))
+            attention(h, h, h, method="fma")
     except ImportError:
         pass
     cp.cuda.runtime.deviceSynchronize()
