@@ -34,14 +34,20 @@ MAX_HEAD_DIM = BUCKETS[-1]
 #: CUDA's grid.y limit
 _MAX_GRID_Y = 65535
 
-#: float16 on tensor cores (``attention_fwd_mma``): bucket -> (BM query rows, BN keys).  BM is
-#: 64 per m16 tile per warp (4 warps); two m16 tiles per warp where the accumulator is small
-#: (DB <= 64: 64 + 64 floats per lane), one where it is large; BN = 32 at DB = 256 keeps the
-#: 128-float accumulator and the 16-float logit tile in registers.  Shared memory: half
-#: Q [BM], K [BN], V [BN] rows of DB + 8.
-TILES_MMA = {32: (128, 64), 64: (128, 64), 128: (64, 64), 256: (64, 32)}
+#: tensor cores: (storage itemsize, bucket) -> (BM query rows, BN keys).  BM is 64 per m16
+#: tile per warp (4 warps); float16 (``attention_fwd_mma``) takes two m16 tiles per warp where
+#: the accumulator is small (DB <= 64: 64 + 64 floats per lane); BN = 32 where the DB-wide
+#: accumulator is large.  float32 (``attention_fwd_tf32x3``) keeps one m16 tile per warp (its
+#: operands are split in registers) and BN = 32 from DB = 128 on, which keeps its float tiles
+#: Q [BM], K [BN], V [BN] of DB + 4 under 136 KB.  float16 rows are DB + 8 halves.
+TILES_MMA = {
+    (2, 32): (128, 64), (2, 64): (128, 64), (2, 128): (64, 64), (2, 256): (64, 32),
+    (4, 32): (64, 64), (4, 64): (64, 64), (4, 128): (64, 32), (4, 256): (64, 32),
+}
+#: shared row padding of the tensor-core kernels, in elements
+PAD_MMA = {2: 8, 4: 4}
 #: the kernel flavours of ``method=``: "fma" (CUDA cores, every dtype) and "mma" (tensor
-#: cores, float16 only); None picks "mma" for float16 and "fma" otherwise
+#: cores: float16, and float32 as 3xTF32); None picks "mma" for float16 only
 FLAVOURS = ("fma", "mma")
 
 Config = collections.namedtuple("Config", "name grid block shared_mem bm bn bucket")
@@ -55,18 +61,22 @@ def flavour(dtype, method=None):
     """The kernel flavour ("fma" or "mma") for ``dtype`` and the public ``method``."""
     dtype = np.dtype(dtype)
     if method == "mma":
-        if dtype != np.float16:
-            raise ValueError(f"method='mma' (tensor cores) is for float16, not {dtype}")
+        if dtype == np.float64:
+            raise ValueError("method='mma' (tensor cores) is for float16 and float32, "
+                             "not float64")
         return "mma"
     if method == "fma":
         return "fma"
+    # float32 stays on CUDA cores unless asked: 3xTF32 keeps ~22 of float32's 24 bits per
+    # operand, which measured 2-4x the error of float32 FMA on the logits (D >= 128), beyond
+    # the float32 accuracy contract of ``python -m cusoft check``
     return "mma" if dtype == np.float16 else "fma"
 
 
 def tiles(dtype, bucket, flav="fma"):
     """(BM, BN) of the instantiation for ``dtype``, head-dim ``bucket`` and flavour."""
     if flav == "mma":
-        return TILES_MMA[bucket]
+        return TILES_MMA[(np.dtype(dtype).itemsize, bucket)]
     acc = 8 if np.dtype(dtype) == np.float64 else 4
     return TILES[(acc, bucket)]
 
@@ -74,14 +84,15 @@ def tiles(dtype, bucket, flav="fma"):
 def kernel_name(dtype, bucket, flav="fma"):
     bm, bn = tiles(dtype, bucket, flav)
     if flav == "mma":
-        return f"attention_fwd_mma<{bucket}, {bm}, {bn}>"
+        kern = "attention_fwd_mma" if np.dtype(dtype) == np.float16 else "attention_fwd_tf32x3"
+        return f"{kern}<{bucket}, {bm}, {bn}>"
     return f"attention_fwd<{_CTYPE[np.dtype(dtype)]}, {bucket}, {bm}, {bn}>"
 
 
 def all_kernel_names():
     """Every instantiation the launcher can ask for (compile tests, precompile)."""
     return ([kernel_name(dt, b) for dt in _CTYPE for b in BUCKETS]
-            + [kernel_name(np.float16, b, "mma") for b in BUCKETS])
+            + [kernel_name(dt, b, "mma") for dt in (np.float16, np.float32) for b in BUCKETS])
 
 
 def launch_config(dtype, B, Hq, Lq, D, Dv, method=None):
@@ -95,7 +106,8 @@ def launch_config(dtype, B, Hq, Lq, D, Dv, method=None):
     flav = flavour(dtype, method)
     bm, bn = tiles(dtype, bucket, flav)
     if flav == "mma":
-        shared = 2 * (bm + 2 * bn) * (bucket + 8)
+        item = dtype.itemsize
+        shared = item * (bm + 2 * bn) * (bucket + PAD_MMA[item])
     else:
         acc = 8 if dtype == np.float64 else 4
         shared = acc * (bm * bucket + bn * (bucket + 1) + bm * (bn + 1) + bm)

@@ -273,30 +273,37 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
     }
 }
 
-// ---- float16 on tensor cores ---------------------------------------------------------------------
+// ---- tensor cores ----------------------------------------------------------------------------------
 //
-// attention_fwd_mma<DB, BM, BN>: the same computation and the same arguments as
-// attention_fwd<__half, ...>, with both products on tensor cores (PTX mma.sync m16n8k16, half
-// inputs, float accumulation), FlashAttention-2 style:
+// Two kernels with the arguments of attention_fwd<T, ...> (T = __half, float) that run both
+// products on tensor cores, FlashAttention-2 style:
+// * attention_fwd_mma<DB, BM, BN> (float16): PTX mma.sync m16n8k16, half inputs, float
+//   accumulation.  P is rounded to half before P V (as FlashAttention does).
+// * attention_fwd_tf32x3<DB, BM, BN> (float32): mma.sync m16n8k8 on tf32 operands, each float
+//   x split as big = tf32(x) + small = tf32(x - big), a b ~ big·big + big·small + small·big
+//   (the dropped small·small is ~2^-22 of a b): float32 accuracy at tensor-core speed (the
+//   "3xTF32" of CUTLASS, which PyTorch's float32 SDPA also uses on sm_80+).
+// Common shape:
 // * 4 warps; warp w owns query rows [16 MT w, 16 MT (w + 1)) of the block's BM = 64 MT rows, as
 //   MT m16 tiles.  The logits S = Q Kᵀ of a (16 x BN) tile and the (16 x DB) output accumulator
-//   live in registers in the mma accumulator layout: lane (g, t) holds rows g and g + 8,
-//   columns 2t and 2t + 1 of every n8 tile, so the row max and row sum need only the four lanes
-//   of a quad (two xor shuffles), and the probabilities P, rounded to half, are already the A
-//   operand of P V (two n8 logit tiles = one k16 step), never stored.
-// * Q, K, V tiles are staged in shared memory as half, rows padded to DB + 8 elements (16-byte
-//   aligned rows, and the eight rows an ldmatrix reads fall in eight different bank groups);
-//   fragments come from ldmatrix (.trans for V, whose B operand is key-major).  Tiles arrive
-//   by cp.async (16-byte rows), V overlapping Q Kᵀ and the next K overlapping P V; ragged or
-//   misaligned rows fall back to element loads.
+//   live in registers in the mma accumulator layout: lane (g, t) = (lane / 4, lane % 4) holds
+//   rows g and g + 8, columns 2t and 2t + 1 of every n8 tile, so the row max and row sum need
+//   only the four lanes of a quad (two xor shuffles), and P is turned into the A operand of
+//   P V in registers, never stored (half: two n8 logit tiles are one k16 step; tf32: one n8
+//   tile is one k8 step whose k index is permuted, k = t <-> key 2t, k = t + 4 <-> key 2t + 1,
+//   and V's rows are read in the same order).
+// * Q, K, V tiles are staged in shared memory in the storage type; rows padded (half: DB + 8,
+//   16-byte aligned for ldmatrix with the eight rows of one 8x8 matrix in eight bank groups;
+//   float: DB + 4, so the fragment reads of a warp, rows g / columns t or rows 2t / columns g,
+//   hit 32 different banks).  Tiles arrive by cp.async (16-byte chunks): V overlaps Q Kᵀ and
+//   the softmax, the next K overlaps P V; ragged or misaligned rows fall back to element loads.
 // * Everything else is the FMA kernel's rule: log2-domain online softmax with the max shift
 //   (never exp of an unshifted logit), causal tiles above the diagonal skipped, masks and biases
 //   through broadcast strides, zero padding for ragged D / Lq / Lk, fully masked rows -> zeros
 //   and lse = -inf.  The row sum l is kept per lane and summed over the quad at the end.
-// * Rounding: P is rounded to half before P V (as FlashAttention does); the output is
-//   normalised in float and rounded once.
-// The PTX primitives are the only lines a host compiler cannot run: under the SIMT harness they
-// are replaced by its warp-shuffle emulation of the same fragment layouts (cusoft/simt/simt.h).
+// The PTX primitives (mma, ldmatrix, cvt.rna.tf32, cp.async) are the only lines a host compiler
+// cannot run: under the SIMT harness they are replaced by its emulation of the same fragment
+// layouts and rounding (cusoft/simt/simt.h), so the layout logic of these kernels runs there.
 
 namespace attn {
 
@@ -312,6 +319,41 @@ ATTN_DEV void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsig
     const unsigned b[2] = {b0, b1};
     cusoft_simt::mma_m16n8k16_f32f16(d, a, b);
 #endif
+}
+
+// d += a b, m16n8k8 on tf32 operands (a: A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4];
+// b: B[t][g], B[t+4][g])
+ATTN_DEV void mma1688(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
+{
+#ifdef __CUDACC__
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    const unsigned b[2] = {b0, b1};
+    cusoft_simt::mma_m16n8k8_f32tf32(d, a, b);
+#endif
+}
+
+// x rounded to tf32 (10 mantissa bits, to nearest, ties away), as the bits of a float
+ATTN_DEV unsigned to_tf32(float x)
+{
+#ifdef __CUDACC__
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+#else
+    return cusoft_simt::cvt_rna_tf32(x);
+#endif
+}
+
+// x = big + small, both tf32
+ATTN_DEV void split_tf32(float x, unsigned& big, unsigned& small)
+{
+    big = to_tf32(x);
+    small = to_tf32(x - __uint_as_float(big));
 }
 
 // r[j] = this lane's pair of 8x8 matrix j; `row` is the shared address of the row this lane
@@ -378,25 +420,30 @@ ATTN_DEV void cp_async_wait()
 #endif
 }
 
-// Starts loading rows [0, NROWS) x columns [0, DB) of a half tile into shared memory (row
-// stride LD): `valid` rows of `ncols` columns from src (row stride ncols), zeros elsewhere.
-// With 16-byte rows (ncols % 8 == 0, src aligned) the copies are asynchronous (cp.async, one
-// group per call: the caller waits before reading); otherwise element loads, done on return.
-template <int DB, int LD, int NROWS>
-ATTN_DEV void load_tile_half(__half* dst, const __half* src, int valid, int ncols, int tid)
+ATTN_DEV __half zero_of(__half) { return __float2half_rn(0.0f); }
+ATTN_DEV float zero_of(float) { return 0.0f; }
+
+// Starts loading rows [0, NROWS) x columns [0, DB) of a tile into shared memory (row stride
+// LD): `valid` rows of `ncols` columns from src (row stride ncols), zeros elsewhere.  With
+// 16-byte rows (ncols a multiple of 16 bytes, src aligned) the copies are asynchronous
+// (cp.async, one group per call: the caller waits before reading); otherwise element loads,
+// done on return.
+template <typename T, int DB, int LD, int NROWS>
+ATTN_DEV void load_tile(T* dst, const T* src, int valid, int ncols, int tid)
 {
     constexpr int NT = kThreads;
-    constexpr int CH = DB / 8;  // 16-byte chunks per row
-    const bool vec = (ncols % 8) == 0 &&
+    constexpr int V = 16 / sizeof(T);  // elements per 16-byte chunk
+    constexpr int CH = DB / V;
+    const bool vec = (ncols % V) == 0 &&
         (reinterpret_cast<unsigned long long>(src) & 15ull) == 0;
     if (vec) {
         for (int idx = tid; idx < NROWS * CH; idx += NT) {
-            const int r = idx / CH, c = (idx - r * CH) * 8;
+            const int r = idx / CH, c = (idx - r * CH) * V;
             const bool ok = r < valid && c < ncols;
             cp_async16(dst + r * LD + c, ok ? src + static_cast<long long>(r) * ncols + c : src, ok);
         }
     } else {
-        const __half zero = __float2half_rn(0.0f);
+        const T zero = zero_of(T());
         for (int idx = tid; idx < NROWS * DB; idx += NT) {
             const int r = idx / DB, c = idx - r * DB;
             dst[r * LD + c] = (r < valid && c < ncols) ? src[static_cast<long long>(r) * ncols + c] : zero;
@@ -405,205 +452,91 @@ ATTN_DEV void load_tile_half(__half* dst, const __half* src, int valid, int ncol
     cp_async_commit();
 }
 
-}  // namespace attn
+// Where one block stands: what the logit masking and the epilogue need.
+template <typename T>
+struct TcTile {
+    int i0, n0, kend, offset, Lq, causal, has_mask, has_bias;
+    const unsigned char* mp;
+    const T* bp;
+    long long ms2, ms3, bs2, bs3;
+    float scale_log2;
+};
 
-template <int DB, int BM, int BN>
-__global__ void __launch_bounds__(128, 1)
-attention_fwd_mma(const __half* __restrict__ q, const __half* __restrict__ k,
-                  const __half* __restrict__ v, const unsigned char* __restrict__ mask,
-                  const __half* __restrict__ bias, __half* __restrict__ out,
-                  float* __restrict__ lse,
-                  int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
-                  float scale_log2, int causal, int has_mask, int has_bias, int has_lse,
-                  long long ms0, long long ms1, long long ms2, long long ms3,
-                  long long bs0, long long bs1, long long bs2, long long bs3)
+// Scales the logits of the (MT x 16) x (NS x 8) accumulator tile to the log2 domain and masks
+// them (masked -> -inf); `plain` tiles (nothing masked, no bias) only scale.
+template <typename T, int MT, int NS>
+ATTN_DEV void scale_and_mask(float (&s)[MT][NS][4], const TcTile<T>& tl, int wrow, int g, int t,
+                             bool plain)
 {
-    constexpr int NW = attn::kThreads / 32;
-    constexpr int MT = BM / (16 * NW);  // m16 tiles per warp
-    constexpr int NS = BN / 8;          // n8 logit tiles per m16 tile
-    constexpr int KQ = DB / 16;         // k16 steps of Q Kᵀ
-    constexpr int KP = BN / 16;         // k16 steps of P V
-    constexpr int NO = DB / 8;          // n8 output tiles
-    constexpr int LD = DB + 8;
-    static_assert(MT >= 1 && MT * 16 * NW == BM, "BM must be 64 x (m16 tiles per warp)");
-    static_assert(BN % 16 == 0 && DB % 16 == 0, "tiles are multiples of 16");
-
-    CUSOFT_DYN_SMEM(__half, smem);
-    __half* sQ = smem;            // [BM][LD]
-    __half* sK = sQ + BM * LD;    // [BN][LD]
-    __half* sV = sK + BN * LD;    // [BN][LD]
-
-    const int tid = threadIdx.x;
-    const int lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    const int bh = blockIdx.x;
-    const int b = bh / Hq;
-    const int h = bh - b * Hq;
-    const int hk = h / (Hq / Hkv);
-    const int i0 = blockIdx.y * BM;
-    const int offset = Lk - Lq;
     const float log2e = 1.4426950408889634f;
-    const float ninf = attn::neg_inf<float>();
-
-    const __half* qp = q + (static_cast<long long>(bh) * Lq + i0) * D;
-    const __half* kp = k + (static_cast<long long>(b) * Hkv + hk) * Lk * D;
-    const __half* vp = v + (static_cast<long long>(b) * Hkv + hk) * Lk * Dv;
-    const unsigned char* mp = mask + (has_mask ? b * ms0 + h * ms1 : 0);
-    const __half* bp = bias + (has_bias ? b * bs0 + h * bs1 : 0);
-
-    float o[MT][NO][4];
-    float m_run[MT][2], l_run[MT][2];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int n = 0; n < NO; ++n)
+        for (int n = 0; n < NS; ++n)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) o[mt][n][e] = 0.0f;
-        m_run[mt][0] = m_run[mt][1] = ninf;
-        l_run[mt][0] = l_run[mt][1] = 0.0f;
-    }
+            for (int e = 0; e < 4; ++e) {
+                float val = s[mt][n][e] * tl.scale_log2;
+                if (!plain) {
+                    const int qi = tl.i0 + wrow + mt * 16 + g + 8 * (e >> 1);
+                    const int kj = tl.n0 + n * 8 + 2 * t + (e & 1);
+                    bool keep = qi < tl.Lq && kj < tl.kend && (!tl.causal || kj <= qi + tl.offset);
+                    if (keep && tl.has_mask) keep = tl.mp[qi * tl.ms2 + kj * tl.ms3] != 0;
+                    if (keep && tl.has_bias) val += to_acc(tl.bp[qi * tl.bs2 + kj * tl.bs3]) * log2e;
+                    val = keep ? val : neg_inf<float>();
+                }
+                s[mt][n][e] = val;
+            }
+}
 
-    int kend = Lk;
-    if (causal) {
-        const int last = i0 + BM - 1 < Lq - 1 ? i0 + BM - 1 : Lq - 1;
-        kend = last + offset + 1 < Lk ? last + offset + 1 : Lk;
-        if (kend < 0) kend = 0;
-    }
-    // ldmatrix row addresses of this lane (see the layouts in the file comment): the A operand
-    // (Q) takes row lane % 16, column block lane / 16; K (B, n-major) row lane % 8 + 8 (lane / 16),
-    // column block (lane / 8) % 2; V (B, k-major, .trans) row lane % 8 + 8 ((lane / 8) % 2),
-    // column block lane / 16.
-    const int wrow = warp * 16 * MT;
-    const __half* qrow = sQ + (wrow + (lane & 15)) * LD + 8 * (lane >> 4);
-    const __half* krow = sK + ((lane & 7) + 8 * (lane >> 4)) * LD + 8 * ((lane >> 3) & 1);
-    const __half* vrow = sV + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 8 * (lane >> 4);
-
-    // Pipeline (FlashAttention-2's): Q and the first K tile are in flight before the loop; in
-    // the loop, V of this tile loads while Q Kᵀ and the softmax run, and K of the next tile
-    // while P V runs.  One buffer each: the barrier before a load orders it after every warp's
-    // last read of the buffer.
-    attn::load_tile_half<DB, LD, BM>(sQ, qp, Lq - i0, D, tid);
-    if (kend > 0)
-        attn::load_tile_half<DB, LD, BN>(sK, kp, kend < BN ? kend : BN, D, tid);
-    for (int n0 = 0; n0 < kend; n0 += BN) {
-        const int nvalid = kend - n0 < BN ? kend - n0 : BN;
-        attn::cp_async_wait<0>();
-        __syncthreads();  // K (and Q) landed for every thread; no warp still reads sV
-        attn::load_tile_half<DB, LD, BN>(sV, vp + static_cast<long long>(n0) * Dv, nvalid, Dv, tid);
-
-        float s[MT][NS][4];
+// The online softmax step of one logit tile: row max over the quad, rescale of the running sum
+// and of the output accumulator, s <- exp2(s - shift).  Rows g (e = 0, 1), g + 8 (e = 2, 3).
+template <int MT, int NS, int NO>
+ATTN_DEV void online_softmax(float (&s)[MT][NS][4], float (&o)[MT][NO][4], float (&m_run)[MT][2],
+                             float (&l_run)[MT][2])
+{
+    const float ninf = neg_inf<float>();
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            float mx = m_run[mt][hr];
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+                mx = amax(mx, s[mt][n][2 * hr]);
+                mx = amax(mx, s[mt][n][2 * hr + 1]);
+            }
+            mx = amax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = amax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            // a row that has seen only masked keys shifts by 0: exp2(-inf - 0) = 0, no NaN
+            const float shift = mx == ninf ? 0.0f : mx;
+            const float alpha = exp2f(m_run[mt][hr] - shift);
+            float sum = 0.0f;
 #pragma unroll
             for (int n = 0; n < NS; ++n)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KQ; ++kk) {
-            unsigned a[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) attn::ldsm_x4(a[mt], qrow + mt * 16 * LD + kk * 16);
-#pragma unroll
-            for (int np = 0; np < NS / 2; ++np) {
-                unsigned bk[4];
-                attn::ldsm_x4(bk, krow + np * 16 * LD + kk * 16);
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    attn::mma16816(s[mt][2 * np], a[mt], bk[0], bk[1]);
-                    attn::mma16816(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+                for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+                    const float p = exp2f(s[mt][n][e] - shift);
+                    s[mt][n][e] = p;
+                    sum += p;
                 }
+            l_run[mt][hr] = l_run[mt][hr] * alpha + sum;
+            m_run[mt][hr] = mx;
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                o[mt][n][2 * hr] *= alpha;
+                o[mt][n][2 * hr + 1] *= alpha;
             }
         }
+}
 
-        // scale to the log2 domain; mask only where this tile can need it
-        const bool plain = !has_mask && !has_bias && n0 + BN <= kend &&
-                           (!causal || n0 + BN - 1 <= i0 + offset);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int n = 0; n < NS; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float val = s[mt][n][e] * scale_log2;
-                    if (!plain) {
-                        const int qi = i0 + wrow + mt * 16 + g + 8 * (e >> 1);
-                        const int kj = n0 + n * 8 + 2 * t + (e & 1);
-                        bool keep = qi < Lq && kj < kend && (!causal || kj <= qi + offset);
-                        if (keep && has_mask) keep = mp[qi * ms2 + kj * ms3] != 0;
-                        if (keep && has_bias) val += __half2float(bp[qi * bs2 + kj * bs3]) * log2e;
-                        val = keep ? val : ninf;
-                    }
-                    s[mt][n][e] = val;
-                }
-
-        // online softmax: rows g (e = 0, 1) and g + 8 (e = 2, 3) of each m16 tile
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-                float mx = m_run[mt][hr];
-#pragma unroll
-                for (int n = 0; n < NS; ++n) {
-                    mx = attn::amax(mx, s[mt][n][2 * hr]);
-                    mx = attn::amax(mx, s[mt][n][2 * hr + 1]);
-                }
-                mx = attn::amax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = attn::amax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                // a row that has seen only masked keys shifts by 0: exp2(-inf - 0) = 0, no NaN
-                const float shift = mx == ninf ? 0.0f : mx;
-                const float alpha = exp2f(m_run[mt][hr] - shift);
-                float sum = 0.0f;
-#pragma unroll
-                for (int n = 0; n < NS; ++n)
-#pragma unroll
-                    for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                        const float p = exp2f(s[mt][n][e] - shift);
-                        s[mt][n][e] = p;
-                        sum += p;
-                    }
-                l_run[mt][hr] = l_run[mt][hr] * alpha + sum;
-                m_run[mt][hr] = mx;
-#pragma unroll
-                for (int n = 0; n < NO; ++n) {
-                    o[mt][n][2 * hr] *= alpha;
-                    o[mt][n][2 * hr + 1] *= alpha;
-                }
-            }
-
-        attn::cp_async_wait<0>();
-        __syncthreads();  // V landed; no warp still reads sK
-        if (n0 + BN < kend) {
-            const int nnext = kend - n0 - BN < BN ? kend - n0 - BN : BN;
-            attn::load_tile_half<DB, LD, BN>(sK, kp + static_cast<long long>(n0 + BN) * D, nnext, D, tid);
-        }
-
-        // O += P V: logit tiles 2kp, 2kp + 1 are the A operand of k16 step kp
-#pragma unroll
-        for (int kp2 = 0; kp2 < KP; ++kp2) {
-            unsigned a[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                a[mt][0] = attn::pack_half2(s[mt][2 * kp2][0], s[mt][2 * kp2][1]);
-                a[mt][1] = attn::pack_half2(s[mt][2 * kp2][2], s[mt][2 * kp2][3]);
-                a[mt][2] = attn::pack_half2(s[mt][2 * kp2 + 1][0], s[mt][2 * kp2 + 1][1]);
-                a[mt][3] = attn::pack_half2(s[mt][2 * kp2 + 1][2], s[mt][2 * kp2 + 1][3]);
-            }
-#pragma unroll
-            for (int np = 0; np < NO / 2; ++np) {
-                unsigned bv[4];
-                attn::ldsm_x4_trans(bv, vrow + kp2 * 16 * LD + np * 16);
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    attn::mma16816(o[mt][2 * np], a[mt], bv[0], bv[1]);
-                    attn::mma16816(o[mt][2 * np + 1], a[mt], bv[2], bv[3]);
-                }
-            }
-        }
-    }
-
-    attn::cp_async_wait<0>();  // kend == 0: Q was never waited for
-    // normalise once; the quad's partial sums make the row sum
-    __half* op = out + (static_cast<long long>(bh) * Lq + i0) * Dv;
+// Normalises the accumulator once (the quad's partial sums make the row sum) and writes the
+// block's rows of out (and lse).
+template <typename T, int MT, int NO>
+ATTN_DEV void write_rows(const float (&o)[MT][NO][4], const float (&m_run)[MT][2],
+                         const float (&l_run)[MT][2], T* out, float* lse, int bh, int i0, int Lq,
+                         int Dv, int has_lse, int wrow, int g, int t)
+{
+    T* op = out + (static_cast<long long>(bh) * Lq + i0) * Dv;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -617,12 +550,291 @@ attention_fwd_mma(const __half* __restrict__ q, const __half* __restrict__ k,
             const float inv = seen ? 1.0f / l : 0.0f;
             if (has_lse && t == 0)
                 lse[static_cast<long long>(bh) * Lq + i0 + r] =
-                    seen ? (m_run[mt][hr] + log2f(l)) * 0.6931471805599453f : ninf;
+                    seen ? (m_run[mt][hr] + log2f(l)) * 0.6931471805599453f : neg_inf<float>();
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
                 const int d = n * 8 + 2 * t;
-                if (d < Dv) op[static_cast<long long>(r) * Dv + d] = __float2half_rn(o[mt][n][2 * hr] * inv);
-                if (d + 1 < Dv) op[static_cast<long long>(r) * Dv + d + 1] = __float2half_rn(o[mt][n][2 * hr + 1] * inv);
+                if (d < Dv) store(op + static_cast<long long>(r) * Dv + d, o[mt][n][2 * hr] * inv);
+                if (d + 1 < Dv) store(op + static_cast<long long>(r) * Dv + d + 1, o[mt][n][2 * hr + 1] * inv);
             }
         }
+}
+
+// The block loop both tensor-core kernels share: tiles, pipeline, masking, softmax, epilogue.
+// Ops supplies the element type, the shared row stride, and the two products (qk: S += Q Kᵀ of
+// one key tile; pv: O += P V).
+template <class Ops, int DB, int BM, int BN>
+ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops::T* __restrict__ k,
+                       const typename Ops::T* __restrict__ v, const unsigned char* __restrict__ mask,
+                       const typename Ops::T* __restrict__ bias, typename Ops::T* __restrict__ out,
+                       float* __restrict__ lse, int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
+                       float scale_log2, int causal, int has_mask, int has_bias, int has_lse,
+                       long long ms0, long long ms1, long long ms2, long long ms3,
+                       long long bs0, long long bs1, long long bs2, long long bs3)
+{
+    typedef typename Ops::T T;
+    constexpr int NW = kThreads / 32;
+    constexpr int MT = BM / (16 * NW);  // m16 tiles per warp
+    constexpr int NS = BN / 8;          // n8 logit tiles per m16 tile
+    constexpr int NO = DB / 8;          // n8 output tiles
+    constexpr int LD = DB + Ops::kPad;
+    static_assert(MT >= 1 && MT * 16 * NW == BM, "BM must be 64 x (m16 tiles per warp)");
+    static_assert(BN % 16 == 0 && DB % 16 == 0, "tiles are multiples of 16");
+
+    CUSOFT_DYN_SMEM(T, smem);
+    T* sQ = smem;            // [BM][LD]
+    T* sK = sQ + BM * LD;    // [BN][LD]
+    T* sV = sK + BN * LD;    // [BN][LD]
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.x;
+    const int b = bh / Hq;
+    const int h = bh - b * Hq;
+    const int hk = h / (Hq / Hkv);
+    const int wrow = warp * 16 * MT;
+
+    TcTile<T> tl;
+    tl.i0 = blockIdx.y * BM;
+    tl.offset = Lk - Lq;
+    tl.Lq = Lq;
+    tl.causal = causal;
+    tl.has_mask = has_mask;
+    tl.has_bias = has_bias;
+    tl.mp = mask + (has_mask ? b * ms0 + h * ms1 : 0);
+    tl.bp = bias + (has_bias ? b * bs0 + h * bs1 : 0);
+    tl.ms2 = ms2; tl.ms3 = ms3; tl.bs2 = bs2; tl.bs3 = bs3;
+    tl.scale_log2 = scale_log2;
+    const int i0 = tl.i0;
+
+    const T* qp = q + (static_cast<long long>(bh) * Lq + i0) * D;
+    const T* kp = k + (static_cast<long long>(b) * Hkv + hk) * Lk * D;
+    const T* vp = v + (static_cast<long long>(b) * Hkv + hk) * Lk * Dv;
+
+    float o[MT][NO][4];
+    float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < NO; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[mt][n][e] = 0.0f;
+        m_run[mt][0] = m_run[mt][1] = neg_inf<float>();
+        l_run[mt][0] = l_run[mt][1] = 0.0f;
+    }
+
+    // keys a query of this tile can see: the causal bound skips whole tiles above the diagonal
+    int kend = Lk;
+    if (causal) {
+        const int last = i0 + BM - 1 < Lq - 1 ? i0 + BM - 1 : Lq - 1;
+        kend = last + tl.offset + 1 < Lk ? last + tl.offset + 1 : Lk;
+        if (kend < 0) kend = 0;
+    }
+    tl.kend = kend;
+
+    // Pipeline (FlashAttention-2's): Q and the first K tile are in flight before the loop; in
+    // the loop, V of this tile loads while Q Kᵀ and the softmax run, and K of the next tile
+    // while P V runs.  One buffer each: the barrier before a load orders it after every warp's
+    // last read of the buffer.
+    load_tile<T, DB, LD, BM>(sQ, qp, Lq - i0, D, tid);
+    if (kend > 0) load_tile<T, DB, LD, BN>(sK, kp, kend < BN ? kend : BN, D, tid);
+    for (int n0 = 0; n0 < kend; n0 += BN) {
+        const int nvalid = kend - n0 < BN ? kend - n0 : BN;
+        tl.n0 = n0;
+        cp_async_wait<0>();
+        __syncthreads();  // K (and Q) landed for every thread; no warp still reads sV
+        load_tile<T, DB, LD, BN>(sV, vp + static_cast<long long>(n0) * Dv, nvalid, Dv, tid);
+
+        float s[MT][NS][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int n = 0; n < NS; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.0f;
+        Ops::template qk<DB, LD, MT, NS>(s, sQ, sK, wrow, lane);
+
+        const bool plain = !has_mask && !has_bias && n0 + BN <= kend &&
+                           (!causal || n0 + BN - 1 <= i0 + tl.offset);
+        scale_and_mask<T, MT, NS>(s, tl, wrow, g, t, plain);
+        online_softmax<MT, NS, NO>(s, o, m_run, l_run);
+
+        cp_async_wait<0>();
+        __syncthreads();  // V landed; no warp still reads sK
+        if (n0 + BN < kend) {
+            const int nnext = kend - n0 - BN < BN ? kend - n0 - BN : BN;
+            load_tile<T, DB, LD, BN>(sK, kp + static_cast<long long>(n0 + BN) * D, nnext, D, tid);
+        }
+        Ops::template pv<DB, LD, MT, NS, NO>(o, s, sV, lane);
+    }
+    cp_async_wait<0>();  // kend == 0: Q was never waited for
+    write_rows<T, MT, NO>(o, m_run, l_run, out, lse, bh, i0, Lq, Dv, has_lse, wrow, g, t);
+}
+
+// float16: m16n8k16, fragments by ldmatrix.  Q row lane % 16, column block lane / 16; K
+// (B operand, n-major) row lane % 8 + 8 (lane / 16), column block (lane / 8) % 2; V (B operand,
+// k-major, .trans) row lane % 8 + 8 ((lane / 8) % 2), column block lane / 16.
+struct HalfOps {
+    typedef __half T;
+    static constexpr int kPad = 8;  // shared row padding, elements
+
+    template <int DB, int LD, int MT, int NS>
+    static ATTN_DEV void qk(float (&s)[MT][NS][4], const __half* sQ, const __half* sK, int wrow,
+                            int lane)
+    {
+        const __half* qrow = sQ + (wrow + (lane & 15)) * LD + 8 * (lane >> 4);
+        const __half* krow = sK + ((lane & 7) + 8 * (lane >> 4)) * LD + 8 * ((lane >> 3) & 1);
+#pragma unroll
+        for (int kk = 0; kk < DB / 16; ++kk) {
+            unsigned a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) ldsm_x4(a[mt], qrow + mt * 16 * LD + kk * 16);
+#pragma unroll
+            for (int np = 0; np < NS / 2; ++np) {
+                unsigned bk[4];
+                ldsm_x4(bk, krow + np * 16 * LD + kk * 16);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816(s[mt][2 * np], a[mt], bk[0], bk[1]);
+                    mma16816(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+                }
+            }
+        }
+    }
+
+    // logit tiles 2kp, 2kp + 1 (rounded to half) are the A operand of k16 step kp
+    template <int DB, int LD, int MT, int NS, int NO>
+    static ATTN_DEV void pv(float (&o)[MT][NO][4], const float (&p)[MT][NS][4], const __half* sV,
+                            int lane)
+    {
+        const __half* vrow = sV + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 8 * (lane >> 4);
+#pragma unroll
+        for (int kp = 0; kp < NS / 2; ++kp) {
+            unsigned a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = pack_half2(p[mt][2 * kp][0], p[mt][2 * kp][1]);
+                a[mt][1] = pack_half2(p[mt][2 * kp][2], p[mt][2 * kp][3]);
+                a[mt][2] = pack_half2(p[mt][2 * kp + 1][0], p[mt][2 * kp + 1][1]);
+                a[mt][3] = pack_half2(p[mt][2 * kp + 1][2], p[mt][2 * kp + 1][3]);
+            }
+#pragma unroll
+            for (int np = 0; np < NO / 2; ++np) {
+                unsigned bv[4];
+                ldsm_x4_trans(bv, vrow + kp * 16 * LD + np * 16);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816(o[mt][2 * np], a[mt], bv[0], bv[1]);
+                    mma16816(o[mt][2 * np + 1], a[mt], bv[2], bv[3]);
+                }
+            }
+        }
+    }
+};
+
+// float32: m16n8k8 3xTF32, fragments by 32-bit shared loads, split on the fly.
+struct Tf32x3Ops {
+    typedef float T;
+    static constexpr int kPad = 4;
+
+    // d += a b to float accuracy from the big/small halves of both operands
+    static ATTN_DEV void mma3(float (&d)[4], const unsigned (&ab)[4], const unsigned (&as)[4],
+                              unsigned b0b, unsigned b1b, unsigned b0s, unsigned b1s)
+    {
+        mma1688(d, as, b0b, b1b);
+        mma1688(d, ab, b0s, b1s);
+        mma1688(d, ab, b0b, b1b);
+    }
+
+    template <int DB, int LD, int MT, int NS>
+    static ATTN_DEV void qk(float (&s)[MT][NS][4], const float* sQ, const float* sK, int wrow,
+                            int lane)
+    {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll 2
+        for (int kk = 0; kk < DB / 8; ++kk) {
+            unsigned ab[MT][4], as[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const float* qr = sQ + (wrow + mt * 16 + g) * LD + kk * 8 + t;
+                split_tf32(qr[0], ab[mt][0], as[mt][0]);
+                split_tf32(qr[8 * LD], ab[mt][1], as[mt][1]);
+                split_tf32(qr[4], ab[mt][2], as[mt][2]);
+                split_tf32(qr[8 * LD + 4], ab[mt][3], as[mt][3]);
+            }
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+                const float* kr = sK + (n * 8 + g) * LD + kk * 8 + t;
+                unsigned b0b, b0s, b1b, b1s;
+                split_tf32(kr[0], b0b, b0s);
+                split_tf32(kr[4], b1b, b1s);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) mma3(s[mt][n], ab[mt], as[mt], b0b, b1b, b0s, b1s);
+            }
+        }
+    }
+
+    // logit tile j is the A operand of k8 step j with k = t <-> key 2t, k = t + 4 <-> key 2t + 1
+    // (this lane's own accumulator elements); V's rows are read in that order
+    template <int DB, int LD, int MT, int NS, int NO>
+    static ATTN_DEV void pv(float (&o)[MT][NO][4], const float (&p)[MT][NS][4], const float* sV,
+                            int lane)
+    {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+            unsigned ab[MT][4], as[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                split_tf32(p[mt][j][0], ab[mt][0], as[mt][0]);  // row g, key 2t
+                split_tf32(p[mt][j][2], ab[mt][1], as[mt][1]);  // row g + 8, key 2t
+                split_tf32(p[mt][j][1], ab[mt][2], as[mt][2]);  // row g, key 2t + 1
+                split_tf32(p[mt][j][3], ab[mt][3], as[mt][3]);  // row g + 8, key 2t + 1
+            }
+            const float* vr = sV + (j * 8 + 2 * t) * LD + g;
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                unsigned b0b, b0s, b1b, b1s;
+                split_tf32(vr[n * 8], b0b, b0s);       // key 2t, column n*8 + g
+                split_tf32(vr[LD + n * 8], b1b, b1s);  // key 2t + 1
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) mma3(o[mt][n], ab[mt], as[mt], b0b, b1b, b0s, b1s);
+            }
+        }
+    }
+};
+
+}  // namespace attn
+
+// q, k, v, out float16; lse float32; otherwise as attention_fwd.
+template <int DB, int BM, int BN>
+__global__ void __launch_bounds__(128, 1)
+attention_fwd_mma(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+                 const unsigned char* __restrict__ mask, const __half* __restrict__ bias,
+                 __half* __restrict__ out, float* __restrict__ lse,
+                 int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
+                 float scale_log2, int causal, int has_mask, int has_bias, int has_lse,
+                 long long ms0, long long ms1, long long ms2, long long ms3,
+                 long long bs0, long long bs1, long long bs2, long long bs3)
+{
+    attn::tc_block<attn::HalfOps, DB, BM, BN>(
+        q, k, v, mask, bias, out, lse, Hq, Hkv, Lq, Lk, D, Dv, scale_log2, causal, has_mask, has_bias, has_lse,
+        ms0, ms1, ms2, ms3, bs0, bs1, bs2, bs3);
+}
+
+// q, k, v, out, lse float32; otherwise as attention_fwd.
+template <int DB, int BM, int BN>
+__global__ void __launch_bounds__(128, 1)
+attention_fwd_tf32x3(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                    const unsigned char* __restrict__ mask, const float* __restrict__ bias,
+                    float* __restrict__ out, float* __restrict__ lse,
+                    int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
+                    float scale_log2, int causal, int has_mask, int has_bias, int has_lse,
+                    long long ms0, long long ms1, long long ms2, long long ms3,
+                    long long bs0, long long bs1, long long bs2, long long bs3)
+{
+    attn::tc_block<attn::Tf32x3Ops, DB, BM, BN>(
+        q, k, v, mask, bias, out, lse, Hq, Hkv, Lq, Lk, D, Dv, scale_log2, causal, has_mask, has_bias, has_lse,
+        ms0, ms1, ms2, ms3, bs0, bs1, bs2, bs3);
 }

@@ -12,7 +12,7 @@ import pytest
 from cusoft._attention import attention
 from cusoft._attention_launch import TILES, TILES_MMA, launch_config
 
-from test_attention import FLOOR, SHAPES, check, err, make
+from test_attention import FLOOR, SHAPES, check, err, make, reference
 
 
 def _simt_reason():
@@ -136,18 +136,22 @@ def test_launch_config_is_consistent():
 
 
 def test_launch_config_tensor_cores():
-    for D in (1, 31, 32, 33, 64, 100, 128, 129, 256):
-        cfg = launch_config(np.float16, 2, 3, 100, D, D)
-        assert cfg == launch_config(np.float16, 2, 3, 100, D, D, "mma")  # the float16 default
-        assert cfg.name == f"attention_fwd_mma<{cfg.bucket}, {cfg.bm}, {cfg.bn}>"
-        assert (cfg.bm, cfg.bn) == TILES_MMA[cfg.bucket] and cfg.bucket >= D
-        # 4 warps of 16-row mma tiles, 16-key steps; half rows padded by 8
-        assert cfg.bm % 64 == 0 and cfg.bn % 16 == 0
-        assert cfg.shared_mem == 2 * (cfg.bm + 2 * cfg.bn) * (cfg.bucket + 8) <= 163 * 1024
-        assert cfg.grid == (6, -(-100 // cfg.bm), 1) and cfg.block == (128, 1, 1)
-    for dt in (np.float32, np.float64):
-        with pytest.raises(ValueError, match="float16"):
-            launch_config(dt, 1, 1, 8, 64, 64, "mma")
+    for dt, kern, pad in ((np.float16, "attention_fwd_mma", 8),
+                          (np.float32, "attention_fwd_tf32x3", 4)):
+        item = np.dtype(dt).itemsize
+        for D in (1, 31, 32, 33, 64, 100, 128, 129, 256):
+            cfg = launch_config(dt, 2, 3, 100, D, D, "mma")
+            assert cfg.name == f"{kern}<{cfg.bucket}, {cfg.bm}, {cfg.bn}>"
+            assert (cfg.bm, cfg.bn) == TILES_MMA[(item, cfg.bucket)] and cfg.bucket >= D
+            # 4 warps of 16-row mma tiles, 16-key steps; rows padded
+            assert cfg.bm % 64 == 0 and cfg.bn % 16 == 0
+            assert cfg.shared_mem == item * (cfg.bm + 2 * cfg.bn) * (cfg.bucket + pad)
+            assert cfg.shared_mem <= 163 * 1024
+            assert cfg.grid == (6, -(-100 // cfg.bm), 1) and cfg.block == (128, 1, 1)
+            if dt == np.float16:
+                assert launch_config(dt, 2, 3, 100, D, D) == cfg  # the float16 default
+    with pytest.raises(ValueError, match="float64"):
+        launch_config(np.float64, 1, 1, 8, 64, 64, "mma")
 
 
 @pytest.mark.parametrize("shapes", BUCKET_CASES, ids=["d19", "d40", "d65", "d200"])
@@ -163,10 +167,35 @@ def test_float16_flavours_agree(shapes):
     np.testing.assert_allclose(l_mma, l_fma, rtol=0, atol=2e-3)
 
 
+#: the documented bound of float32 on tensor cores (3xTF32: ~22 bits per operand): measured
+#: up to 3.1e-6 at D = 200 here, where CUDA-core float32 gives 8.8e-7
+TF32X3_BOUND = 1e-5
+
+
+@pytest.mark.parametrize("shapes", BUCKET_CASES, ids=["d19", "d40", "d65", "d200"])
+def test_float32_tensor_cores(shapes):
+    """method="mma" on float32 (3xTF32) against the float64 oracle, every bucket, causal, a
+    mask with dead rows and a bias; the error is of float32's order, not tf32's (~1e-3: an
+    operand left unsplit would show)."""
+    rng = np.random.default_rng(27)
+    q, k, v = make(*shapes, np.float32, rng)
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    mask = rng.random((Lq, Lk)) > 0.25
+    mask[3] = False
+    bias = rng.standard_normal((q.shape[-3], 1, Lk)).astype(np.float32)
+    for kw in (dict(causal=True, mask=mask, bias=bias), dict()):
+        out, lse = attention(q, k, v, return_lse=True, backend="simt", method="mma", **kw)
+        ro, rl = reference(q, k, v, **kw)
+        assert out.dtype == np.float32 and lse.dtype == np.float32
+        assert err(out, ro) <= TF32X3_BOUND and err(lse, rl) <= TF32X3_BOUND
+    # the default for float32 is the CUDA-core kernel, within the float32 contract
+    _run(q, k, v, causal=True)
+
+
 def test_flavour_errors():
     rng = np.random.default_rng(26)
-    q, k, v = make((1, 1, 4, 8), (1, 1, 4, 8), (1, 1, 4, 8), np.float32, rng)
-    with pytest.raises(ValueError, match="float16"):
+    q, k, v = make((1, 1, 4, 8), (1, 1, 4, 8), (1, 1, 4, 8), np.float64, rng)
+    with pytest.raises(ValueError, match="float64"):
         attention(q, k, v, backend="simt", method="mma")
     for m in ("fma", "mma"):
         with pytest.raises(ValueError, match="CUDA kernel flavour"):

@@ -75,11 +75,13 @@ def _ctype_dtype(decl, T):
 
 def _template_dtype(name_expression):
     """The storage type T of a kernel templated on it; kernels for one fixed type (the
-    tensor-core attention: half) start with an int parameter and spell their types out."""
+    tensor-core attention) start with an int parameter and spell their types out."""
     first = name_expression.split("<", 1)[1].split(",")[0].split(">")[0].strip()
     by_name = {v: k for k, v in _module.CTYPE.items()}
     if first.lstrip("-").isdigit():
-        return np.dtype(np.float16) if name_expression.startswith("attention_fwd_mma<") else None
+        fixed = {"attention_fwd_mma<": np.float16, "attention_fwd_tf32x3<": np.float32}
+        return next((np.dtype(d) for k, d in fixed.items() if name_expression.startswith(k)),
+                    None)
     return np.dtype(by_name[first])
 
 

@@ -80,8 +80,31 @@ __global__ void async_groups(const __half* a, const __half* b, const int* valid,
     for (int i = 0; i < 16; ++i) out[tid * 16 + i] = s[(i < 8 ? 0 : n - 8) + tid * 8 + i];
     attn::cp_async_wait<0>();
 }
+
+// d = a b + c for one m16n8k8 tf32 tile (a 16x8, b 8x8 row-major floats), operands rounded by
+// cvt.rna.tf32 (ROUND) or passed as raw float bits (the tensor core then ignores the low bits)
+template <bool ROUND>
+__global__ void mma_tile_tf32(const float* a, const float* b, const float* c, float* d,
+                              unsigned* rounded)
+{
+    const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+    unsigned ra[4], rb[2];
+    for (int r = 0; r < 4; ++r) {
+        const float x = a[(g + 8 * (r & 1)) * 8 + t + 4 * (r >> 1)];
+        ra[r] = ROUND ? attn::to_tf32(x) : __float_as_uint(x);
+    }
+    for (int r = 0; r < 2; ++r) {
+        const float x = b[(t + 4 * r) * 8 + g];
+        rb[r] = ROUND ? attn::to_tf32(x) : __float_as_uint(x);
+    }
+    float acc[4];
+    for (int e = 0; e < 4; ++e) acc[e] = c[(g + 8 * (e >> 1)) * 8 + 2 * t + (e & 1)];
+    attn::mma1688(acc, ra, rb[0], rb[1]);
+    for (int e = 0; e < 4; ++e) d[(g + 8 * (e >> 1)) * 8 + 2 * t + (e & 1)] = acc[e];
+    rounded[lane] = attn::to_tf32(a[lane]);
+}
 """
-NAMES = ["mma_tile<false>", "mma_tile<true>", "ldsm", "async_groups<0>", "async_groups<1>",
+NAMES = ["mma_tile_tf32<true>", "mma_tile_tf32<false>", "mma_tile<false>", "mma_tile<true>", "ldsm", "async_groups<0>", "async_groups<1>",
          "async_groups<2>"]
 
 
@@ -184,6 +207,44 @@ def test_mma_non_integer_values(dev):
             tuple(dev.xp.asarray(x) for x in (a, b, c)) + (d,))
     want = a.astype(np.float64) @ b.astype(np.float64) + c
     np.testing.assert_allclose(dev.get(d), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def _tf32_rna(x):
+    """cvt.rna.tf32.f32 in NumPy: 10 mantissa bits, to nearest, ties away from zero."""
+    u = np.asarray(x, np.float32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mma_m16n8k8_tf32_matches_the_ptx_layout(dev, seed):
+    rng = np.random.default_rng(seed)
+    # small integers: exact in tf32, every product and sum exact in float
+    a = rng.integers(-64, 65, (16, 8)).astype(np.float32)
+    b = rng.integers(-64, 65, (8, 8)).astype(np.float32)
+    c = rng.integers(-512, 513, (16, 8)).astype(np.float32)
+    for name in ("mma_tile_tf32<true>", "mma_tile_tf32<false>"):
+        d = dev.xp.zeros((16, 8), np.float32)
+        rounded = dev.xp.zeros(32, np.uint32)
+        dev.run(name, (1, 1, 1), (32, 1, 1),
+                tuple(dev.xp.asarray(x) for x in (a, b, c)) + (d, rounded))
+        np.testing.assert_array_equal(dev.get(d), a.astype(np.float64) @ b + c)
+
+
+def test_tf32_rounding_and_products(dev):
+    """cvt.rna.tf32 rounds as stated; products of the rounded operands are exact."""
+    rng = np.random.default_rng(3)
+    a = (rng.standard_normal((16, 8)) * 3).astype(np.float32)
+    b = rng.standard_normal((8, 8)).astype(np.float32)
+    c = np.zeros((16, 8), np.float32)
+    d = dev.xp.zeros((16, 8), np.float32)
+    rounded = dev.xp.zeros(32, np.uint32)
+    dev.run("mma_tile_tf32<true>", (1, 1, 1), (32, 1, 1),
+            tuple(dev.xp.asarray(x) for x in (a, b, c)) + (d, rounded))
+    np.testing.assert_array_equal(dev.get(rounded).view(np.float32), _tf32_rna(a.ravel()[:32]))
+    want = _tf32_rna(a).astype(np.float64) @ _tf32_rna(b).astype(np.float64)
+    np.testing.assert_allclose(dev.get(d), want, rtol=0, atol=1e-6 * np.abs(want).max())
+    # the raw floats differ from their tf32 roundings: the product is not a's and b's
+    assert np.abs(_tf32_rna(a) - a).max() > 0
 
 
 def test_planted_fragment_mistake_gives_a_wrong_product(dev):

@@ -635,6 +635,49 @@ inline void mma_m16n8k16_f32f16(float (&d)[4], const unsigned (&a)[4], const uns
         }
 }
 
+// cvt.rna.tf32.f32: x rounded to 10 mantissa bits (to nearest, ties away from zero), returned
+// as the bits of a float whose low 13 bits are zero; NaN and infinities pass unchanged.
+inline unsigned cvt_rna_tf32(float x) {
+    unsigned u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;
+    return (u + 0x1000u) & 0xffffe000u;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: d (16x8 float) += a (16x8 tf32) b (8x8
+// tf32).  Lane (g, t) holds a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]}, b = {B[t][g],
+// B[t+4][g]}, d as for m16n8k16.  The tensor core reads only the tf32 bits of each operand: the
+// low 13 mantissa bits are dropped here, so a kernel that feeds unrounded floats loses the
+// precision it would lose on the GPU.  Products of tf32 values are exact in float.
+inline void mma_m16n8k8_f32tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                                CUSOFT_SIMT_WHERE) {
+    using namespace detail;
+    const int lane = lane_id(), g = lane >> 2, t = lane & 3;
+    auto f = [](unsigned long long w) {
+        const unsigned u = static_cast<unsigned>(w) & 0xffffe000u;
+        float x;
+        memcpy(&x, &u, 4);
+        return x;
+    };
+    float arow[2][8], bcol[2][8];
+    for (int s = 0; s < 4; ++s) {
+        const int src = 4 * g + s;  // holds rows g, g+8 at k = s, s+4
+        for (int r = 0; r < 4; ++r)
+            arow[r & 1][s + 4 * (r >> 1)] = f(warp_op(OP_SHFL_IDX, 0xffffffffu, a[r], src, 32, CUSOFT_SIMT_AT));
+        for (int c = 0; c < 2; ++c) {
+            const int bsrc = 4 * (2 * t + c) + s;  // holds column n = 2t + c at k = s, s+4
+            bcol[c][s] = f(warp_op(OP_SHFL_IDX, 0xffffffffu, b[0], bsrc, 32, CUSOFT_SIMT_AT));
+            bcol[c][s + 4] = f(warp_op(OP_SHFL_IDX, 0xffffffffu, b[1], bsrc, 32, CUSOFT_SIMT_AT));
+        }
+    }
+    for (int h = 0; h < 2; ++h)
+        for (int c = 0; c < 2; ++c) {
+            float acc = d[2 * h + c];
+            for (int k = 0; k < 8; ++k) acc += arow[h][k] * bcol[c][k];
+            d[2 * h + c] = acc;
+        }
+}
+
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 matrices of 16-bit elements; lane
 // 8j + r gives the (16-byte aligned) address of row r of matrix j; lane (g, t) receives in r[j]
 // the pair M_j[g][2t..2t+1] (M_j[2t][g], M_j[2t+1][g] with trans).
