@@ -133,13 +133,17 @@ def bench_gpu(quick, save=lambda rows: None):
                     row = dict(dtype=np.dtype(dt).name, B=B, H=H, L=L, D=D, causal=causal,
                                ms=t * 1e3, tflops=flops(B, H, L, L, D, causal) / t / 1e12,
                                max_rel_err=err, peak_bytes=_peak_gpu(run))
-                    if dt == np.float16:
-                        # the CUDA-core flavour of the same call (the tensor-core one is the default)
-                        fma = lambda: attention(q, k, v, causal=causal, method="fma")  # noqa: E731
-                        fma()
-                        t_f = _time_gpu(fma, reps)
-                        row["fma_ms"] = t_f * 1e3
-                        row["fma_tflops"] = flops(B, H, L, L, D, causal) / t_f / 1e12
+                    # the other kernel flavour of the same call: float16 defaults to tensor
+                    # cores (row "fma_*" = CUDA cores); float32 to CUDA cores (row "mma_*" =
+                    # 3xTF32 on tensor cores, validated against its own documented bound)
+                    other = "fma" if dt == np.float16 else "mma"
+                    alt = lambda m=other: attention(q, k, v, causal=causal, method=m)  # noqa: E731
+                    o_alt = alt()
+                    row[f"{other}_max_rel_err"] = _max_rel(o_alt[0, 0, -n:].get(), ref)
+                    assert row[f"{other}_max_rel_err"] <= (tol if dt == np.float16 else 1e-5)
+                    t_f = _time_gpu(alt, reps)
+                    row[f"{other}_ms"] = t_f * 1e3
+                    row[f"{other}_tflops"] = flops(B, H, L, L, D, causal) / t_f / 1e12
                     naive_bytes = B * H * L * L * (4 if dt == np.float16 else np.dtype(dt).itemsize)
                     if naive_bytes * 3 < cupy.cuda.Device().mem_info[0]:
                         row["naive_peak_bytes"] = _peak_gpu(
@@ -211,8 +215,9 @@ def _fmt(r):
     if "tflops" in r:
         s += f"{r['tflops']:7.2f} TFLOP/s  peak {mb(r['peak_bytes'])} MiB  naive peak " \
              f"{mb(r.get('naive_peak_bytes'))} MiB"
-        if "fma_tflops" in r:
-            s += f"  fma {r['fma_tflops']:7.2f} TFLOP/s"
+        for other in ("fma", "mma"):
+            if f"{other}_tflops" in r:
+                s += f"  {other} {r[f'{other}_tflops']:7.2f} TFLOP/s"
         if "torch_tflops" in r:
             s += f"  torch {r['torch_tflops']:7.2f} TFLOP/s ({r['vs_torch']:.2f}x)"
     else:
