@@ -426,6 +426,38 @@ def test_gpu_matches_reference(shapes, causal, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("flavour", [("float16", "mma"), ("float16", "fma"),
+                                     ("float32", "mma"), ("float32", "fma")],
+                         ids=lambda f: "-".join(f))
+@pytest.mark.parametrize("D", [19, 40, 64, 128, 200])
+def test_gpu_kernel_flavours(flavour, D):
+    """Each kernel flavour on the GPU, every head-dim bucket (cp.async rows at D % 8 == 0,
+    element loads otherwise), causal + mask + bias, against the float64 oracle: the float16
+    bound of ``check``, float32 CUDA cores the float32 bound, 3xTF32 its documented 1e-5."""
+    import cupy
+
+    dname, method = flavour
+    dt = np.dtype(dname)
+    rng = np.random.default_rng(32)
+    q, k, v = make((2, 4, 150, D), (2, 2, 170, D), (2, 2, 170, D), dt, rng)
+    mask = rng.random((150, 170)) > 0.2
+    mask[7] = False
+    bias = rng.standard_normal((4, 1, 170)).astype(dt)
+    kw = dict(causal=True, mask=mask, bias=bias)
+    out, lse = attention(*(cupy.asarray(a) for a in (q, k, v)), causal=True,
+                         mask=cupy.asarray(mask), bias=cupy.asarray(bias), return_lse=True,
+                         method=method)
+    ro, rl = reference(q, k, v, **kw)
+    lo, ll = reference(q, k, v, dtype=dt, **kw)
+    if dname == "float32" and method == "mma":
+        tol_o = tol_l = 1e-5
+    else:
+        tol_o, tol_l = FLOOR[dt] + 2 * err(lo, ro), FLOOR[dt] + 2 * err(ll, rl)
+    assert err(out.get(), ro) <= tol_o
+    assert err(lse.get(), rl) <= tol_l
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("D", [64, 128])
 def test_gpu_vs_torch_sdpa(dtype, D):
