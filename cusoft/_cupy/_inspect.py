@@ -1,11 +1,14 @@
-"""Compile ``kernels_cu`` without a GPU: NVRTC (exactly as the runtime does) and nvcc/ptxas
-(for registers and spills).  Used by ``tests/test_kernels_compile.py`` and by
+"""Compile ``kernels_cu`` without a GPU: NVRTC (exactly as the runtime does), nvcc/ptxas
+(for registers and spills) and cuobjdump (the SASS: which instructions the kernels became).
+Used by ``tests/test_kernels_compile.py``, ``tests/test_sass.py`` and by
 ``python -m cusoft info --kernels``.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+import glob
 import os
 import re
 import shutil
@@ -81,21 +84,90 @@ _SMEM = re.compile(r"(\d+) bytes smem")
 
 
 @functools.lru_cache(maxsize=None)
-def _ptxas_report(arch, unit):
+def _nvcc_cubin(arch, unit):
+    """(ptxas -v report, cubin bytes) of one instantiation unit for ``sm_<arch>``."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise FileNotFoundError("nvcc is not on PATH (needed for the ptxas register report)")
     with tempfile.TemporaryDirectory(prefix="cusoft-ptxas-") as d:
         cu = os.path.join(d, "instantiate.cu")
+        out = os.path.join(d, "out.cubin")
         with open(cu, "w") as f:
             f.write(unit)
         # the same language options CuPy gives NVRTC (-std=c++17, -ftz=true)
         cmd = [nvcc, "-std=c++17", "-ftz=true", "-cubin", f"-arch=sm_{_arch_num(arch)}",
-               "-Xptxas", "-v", cu, "-o", os.path.join(d, "out.cubin")]
+               "-Xptxas", "-v", cu, "-o", out]
         p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{p.stderr[-4000:]}")
+        with open(out, "rb") as f:
+            cubin = f.read()
+    return p.stdout + p.stderr, cubin
+
+
+def _ptxas_report(arch, unit):
+    return _nvcc_cubin(arch, unit)[0]
+
+
+def binutils_dir():
+    """The directory holding cuobjdump and nvdisasm: PATH, else the ``nvidia-cuda-cuobjdump``
+    and ``nvidia-cuda-nvdisasm`` wheels (``nvidia/cu*/bin``); None when either is missing."""
+    on_path = [shutil.which(t) for t in ("cuobjdump", "nvdisasm")]
+    if all(on_path):
+        return os.path.dirname(on_path[0])
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for root in getattr(nvidia, "__path__", []):
+        for d in sorted(glob.glob(os.path.join(root, "cu*", "bin"))):
+            if all(os.access(os.path.join(d, t), os.X_OK) for t in ("cuobjdump", "nvdisasm")):
+                return d
+    return None
+
+
+_FUNCTION = re.compile(r"^\s*Function : (\S+)\s*$", re.M)
+# "/*0090*/   @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;": address, opcode with its modifiers, operands
+_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)"
+                   r"([^;]*);")
+
+
+def sass_listing(arch, source, names, by_mangled=None):
+    """{kernel: [(address, opcode with modifiers, operands)]} of every instantiation of
+    ``source`` compiled by nvcc for ``arch``; kernels are keyed by ``by_mangled[mangled]``
+    where given, else by mangled name."""
+    tools = binutils_dir()
+    if tools is None:
+        raise FileNotFoundError("cuobjdump/nvdisasm not found (PATH or the "
+                                "nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm wheels)")
+    cubin = _nvcc_cubin(_arch_num(arch), _unit(source, names))[1]
+    with tempfile.TemporaryDirectory(prefix="cusoft-sass-") as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        env = dict(os.environ, PATH=tools + os.pathsep + os.environ.get("PATH", ""))
+        p = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", path],
+                           capture_output=True, text=True, env=env)
     if p.returncode != 0:
-        raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{p.stderr[-4000:]}")
-    return p.stdout + p.stderr
+        raise RuntimeError(f"cuobjdump failed:\n{p.stderr[-4000:]}")
+    by_mangled = by_mangled or {}
+    parts = _FUNCTION.split(p.stdout)
+    return {by_mangled.get(m, m): [(int(a, 16), op, rest.strip())
+                                   for a, op, rest in _INSN.findall(body)]
+            for m, body in zip(parts[1::2], parts[2::2])}
+
+
+def sass_opcodes(arch, source, names, by_mangled=None):
+    """{kernel: Counter of SASS opcodes (with modifiers, e.g. "LDG.E.128")}, see
+    ``sass_listing``."""
+    return {k: collections.Counter(op for _, op, _ in insns)
+            for k, insns in sass_listing(arch, source, names, by_mangled).items()}
+
+
+def kernel_sass(arch, name="softmax.cu"):
+    """``sass_listing`` of one op file, keyed by name expression."""
+    by_mangled = {v: k for k, v in nvrtc_compile(_arch_num(arch), name).items()}
+    return sass_listing(arch, _module.source(name), _module.name_expressions(name), by_mangled)
 
 
 def kernel_resources(arch, name="softmax.cu"):
