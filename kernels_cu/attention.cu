@@ -452,6 +452,10 @@ ATTN_DEV void load_tile(T* dst, const T* src, int valid, int ncols, int tid)
     cp_async_commit();
 }
 
+// two adjacent outputs (p 2-element aligned)
+ATTN_DEV void store2(__half* p, float a, float b) { *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b); }
+ATTN_DEV void store2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+
 // Where one block stands: what the logit masking and the epilogue need.
 template <typename T>
 struct TcTile {
@@ -537,6 +541,10 @@ ATTN_DEV void write_rows(const float (&o)[MT][NO][4], const float (&m_run)[MT][2
                          int Dv, int has_lse, int wrow, int g, int t)
 {
     T* op = out + (static_cast<long long>(bh) * Lq + i0) * Dv;
+    // a lane's two adjacent columns go out as one 4- (half) or 8-byte (float) store when every
+    // row start is aligned to it
+    const bool pairs = Dv % 2 == 0 &&
+        reinterpret_cast<unsigned long long>(out) % (2 * sizeof(T)) == 0;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -554,8 +562,13 @@ ATTN_DEV void write_rows(const float (&o)[MT][NO][4], const float (&m_run)[MT][2
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
                 const int d = n * 8 + 2 * t;
-                if (d < Dv) store(op + static_cast<long long>(r) * Dv + d, o[mt][n][2 * hr] * inv);
-                if (d + 1 < Dv) store(op + static_cast<long long>(r) * Dv + d + 1, o[mt][n][2 * hr + 1] * inv);
+                T* dst = op + static_cast<long long>(r) * Dv + d;
+                if (pairs && d + 1 < Dv) {
+                    store2(dst, o[mt][n][2 * hr] * inv, o[mt][n][2 * hr + 1] * inv);
+                } else {
+                    if (d < Dv) store(dst, o[mt][n][2 * hr] * inv);
+                    if (d + 1 < Dv) store(dst + 1, o[mt][n][2 * hr + 1] * inv);
+                }
             }
         }
 }
