@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -169,6 +170,66 @@ def bench_gpu(quick, save=lambda rows: None):
     return rows, cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
 
 
+#: tile shapes (BM, BN) tried by --sweep for the tensor-core kernels, per (dtype, D); the
+#: runtime table is cusoft._attention_launch.TILES_MMA.  All compile without spills for
+#: sm_90 (ptxas: 148-254 registers); (192, 64) and (256, 32) at D = 64 and (128, 64) at
+#: D = 128 for float16 spill, so they are left out.
+SWEEP = {
+    ("float16", 64): [(64, 64), (128, 64), (128, 32), (64, 128)],
+    ("float16", 128): [(64, 64), (64, 32), (128, 32), (64, 128)],
+    ("float32", 64): [(64, 64), (64, 32), (128, 32), (128, 64)],
+    ("float32", 128): [(64, 32), (64, 64), (128, 32)],
+}
+
+
+def bench_sweep(save=lambda rows: None, L=4096, B=4, H=16):
+    """Every SWEEP tile shape of the tensor-core kernels, timed at one size (causal and not)
+    and validated; one extra RawModule holds the candidates, so the runtime's is untouched."""
+    import cupy
+
+    from cusoft import _attention_launch as AL
+
+    names = {}
+    for (dname, D), cands in SWEEP.items():
+        for tile in cands:
+            names[(dname, D, tile)] = AL.kernel_name(np.dtype(dname), D, "mma", tile)
+    mod = cupy.RawModule(code=AL.kernel_source(),
+                         options=AL.NVRTC_OPTIONS + AL.fp16_include_options(),
+                         name_expressions=sorted(set(names.values())))
+    rows = []
+    for (dname, D, tile), name in names.items():
+        dt = np.dtype(dname)
+        rng = cupy.random.default_rng(0)
+        q, k, v = (rng.standard_normal((B, H, L, D), dtype=np.float32).astype(dt)
+                   for _ in range(3))
+        out = cupy.empty_like(q)
+        for causal in (False, True):
+            def run():
+                AL.launch_attention(lambda: mod, cupy, q, k, v, None, None, out, None,
+                                    1 / math.sqrt(D), causal, "mma", tile)
+            try:
+                run()
+                cupy.cuda.Device().synchronize()
+            except Exception as exc:  # e.g. too much shared memory on this card
+                row = dict(dtype=dname, D=D, L=L, tile=list(tile), causal=causal,
+                           error=f"{type(exc).__name__}: {exc}")
+                rows.append(row)
+                print(row, flush=True)
+                continue
+            n = min(L, 256)
+            ref = reference64(q[0, 0, -n:].get(), k[0, 0].get(), v[0, 0].get(), causal)
+            err = _max_rel(out[0, 0, -n:].get(), ref)
+            t = _time_gpu(run, 5)
+            row = dict(dtype=dname, D=D, L=L, B=B, H=H, tile=list(tile), causal=causal,
+                       name=name, ms=t * 1e3, tflops=flops(B, H, L, L, D, causal) / t / 1e12,
+                       max_rel_err=err)
+            rows.append(row)
+            print(f"{dname:8s} D={D:4d} tile={tile} causal={int(causal)} {t * 1e3:8.3f} ms "
+                  f"{row['tflops']:7.2f} TFLOP/s  err {err:.1e}", flush=True)
+            save(rows)
+    return rows, cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+
+
 # -- CPU ------------------------------------------------------------------------------------
 
 def bench_cpu(quick, save=lambda rows: None):
@@ -229,13 +290,16 @@ def _fmt(r):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes")
+    ap.add_argument("--sweep", action="store_true",
+                    help="GPU only: time the tensor-core tile shapes of SWEEP instead "
+                         "(writes attention_sweep.json)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"),
                     help="folder for attention_<gpu|cpu>.json (default bench/results)")
     args = ap.parse_args(argv)
     gpu = _gpu_available()
     tag = "gpu" if gpu else "cpu"
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"attention_{tag}.json")
+    path = os.path.join(args.out, "attention_sweep.json" if args.sweep else f"attention_{tag}.json")
 
     def save(rows, device=None):
         res = dict(benchmark="attention", device=device, platform=platform.platform(),
@@ -243,7 +307,11 @@ def main(argv=None):
         with open(path, "w") as f:
             json.dump(res, f, indent=1)
 
-    if gpu:
+    if args.sweep and not gpu:
+        ap.error("--sweep needs a CUDA GPU")
+    if args.sweep:
+        rows, device = bench_sweep(save)
+    elif gpu:
         rows, device = bench_gpu(args.quick, save)
     else:
         print("no CUDA GPU: timing the NumPy path (tiled vs naive) at small sizes")

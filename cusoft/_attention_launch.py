@@ -81,8 +81,10 @@ def tiles(dtype, bucket, flav="fma"):
     return TILES[(acc, bucket)]
 
 
-def kernel_name(dtype, bucket, flav="fma"):
-    bm, bn = tiles(dtype, bucket, flav)
+def kernel_name(dtype, bucket, flav="fma", tile=None):
+    """The name expression of one instantiation; ``tile`` (BM, BN) overrides the table
+    (tile sweeps in bench/bench_attention.py; such names are not in the runtime module)."""
+    bm, bn = tile if tile is not None else tiles(dtype, bucket, flav)
     if flav == "mma":
         kern = "attention_fwd_mma" if np.dtype(dtype) == np.float16 else "attention_fwd_tf32x3"
         return f"{kern}<{bucket}, {bm}, {bn}>"
@@ -95,8 +97,9 @@ def all_kernel_names():
             + [kernel_name(dt, b, "mma") for dt in (np.float16, np.float32) for b in BUCKETS])
 
 
-def launch_config(dtype, B, Hq, Lq, D, Dv, method=None):
-    """Kernel name, grid, block and dynamic shared bytes for one attention call."""
+def launch_config(dtype, B, Hq, Lq, D, Dv, method=None, tile=None):
+    """Kernel name, grid, block and dynamic shared bytes for one attention call; ``tile``
+    (BM, BN) replaces the table's tile shape (see ``kernel_name``)."""
     dtype = np.dtype(dtype)
     need = max(D, Dv)
     bucket = next((b for b in BUCKETS if need <= b), None)
@@ -104,7 +107,9 @@ def launch_config(dtype, B, Hq, Lq, D, Dv, method=None):
         raise ValueError(f"head dimension {need} is larger than the kernels' maximum "
                          f"{MAX_HEAD_DIM}; use the NumPy path")
     flav = flavour(dtype, method)
-    bm, bn = tiles(dtype, bucket, flav)
+    bm, bn = tile if tile is not None else tiles(dtype, bucket, flav)
+    if tile is not None and flav == "mma" and (bm % 64 or bn % 16 or bm <= 0 or bn <= 0):
+        raise ValueError(f"tensor-core tiles need BM a multiple of 64 and BN of 16, not {tile}")
     if flav == "mma":
         item = dtype.itemsize
         shared = item * (bm + 2 * bn) * (bucket + PAD_MMA[item])
@@ -112,8 +117,8 @@ def launch_config(dtype, B, Hq, Lq, D, Dv, method=None):
         acc = 8 if dtype == np.float64 else 4
         shared = acc * (bm * bucket + bn * (bucket + 1) + bm * (bn + 1) + bm)
     grid = (B * Hq, math.ceil(Lq / bm), 1)
-    return Config(kernel_name(dtype, bucket, flav), grid, (THREADS, 1, 1), shared, bm, bn,
-                  bucket)
+    return Config(kernel_name(dtype, bucket, flav, (bm, bn)), grid, (THREADS, 1, 1), shared,
+                  bm, bn, bucket)
 
 
 def kernel_source():
@@ -173,7 +178,7 @@ def _acc_scalar(dtype, x):
 
 
 def launch_attention(module_getter, xp, q, k, v, mask, bias, out, lse, scale, causal,
-                     method=None):
+                     method=None, tile=None):
     """Run attention_fwd on canonical arrays (see ``cusoft/_attention.py``).
 
     q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv) C-contiguous
@@ -182,7 +187,7 @@ def launch_attention(module_getter, xp, q, k, v, mask, bias, out, lse, scale, ca
     flavour (see ``flavour``); both take the same arguments."""
     B, Hq, Lq, D = (int(s) for s in q.shape)
     Hkv, Lk, Dv = int(k.shape[1]), int(k.shape[2]), int(v.shape[-1])
-    cfg = launch_config(q.dtype, B, Hq, Lq, D, Dv, method)
+    cfg = launch_config(q.dtype, B, Hq, Lq, D, Dv, method, tile)
     fn = module_getter().get_function(cfg.name)
     if cfg.shared_mem > 48 * 1024 and hasattr(fn, "max_dynamic_shared_size_bytes"):
         # CUDA needs an explicit opt-in above 48 KB of dynamic shared memory

@@ -201,3 +201,37 @@ def test_flavour_errors():
         with pytest.raises(ValueError, match="CUDA kernel flavour"):
             attention(q.astype(np.float16), k.astype(np.float16), v.astype(np.float16),
                       method=m)  # NumPy arrays: the CPU backend
+
+
+@pytest.mark.slow
+def test_bench_sweep_tiles_are_correct():
+    """Every tile shape bench/bench_attention.py --sweep times on a GPU, run here first on
+    the emulator through the same launcher (tile override), causal, ragged lengths."""
+    import importlib.util
+    import math
+    import os
+
+    from cusoft import _attention_launch as AL
+    from cusoft import simt
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "bench_attention.py")
+    spec = importlib.util.spec_from_file_location("bench_attention_for_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cases = [(dname, D, tile) for (dname, D), tiles in bench.SWEEP.items() for tile in tiles]
+    mod = simt.SimtModule(code=AL.kernel_source(), options=AL.NVRTC_OPTIONS,
+                          name_expressions=sorted({AL.kernel_name(np.dtype(d), D, "mma", t)
+                                                   for d, D, t in cases}))
+    rng = np.random.default_rng(28)
+    for dname, D, tile in cases:
+        dt = np.dtype(dname)
+        q, k, v = make((1, 2, 150, D), (1, 1, 170, D), (1, 1, 170, D), dt, rng)
+        out = np.empty_like(q)
+        lse = np.empty((1, 2, 150), np.float32)
+        AL.launch_attention(lambda: mod, np, q, k, v, None, None, out, lse, 1 / math.sqrt(D),
+                            True, "mma", tile)
+        ro, rl = reference(q, k, v, causal=True)
+        lo, _ = reference(q, k, v, causal=True, dtype=dt)
+        bound = FLOOR[dt] + 2 * err(lo, ro) if dt == np.float16 else TF32X3_BOUND
+        assert err(out, ro) <= bound, (dname, D, tile, err(out, ro))
+        assert err(lse, rl) <= (2e-3 if dt == np.float16 else TF32X3_BOUND)
