@@ -3,8 +3,8 @@ loaders (CuPy RawModule per device, simt module per process) and the argument ma
 
 ``launch_config`` is the single source of truth for the kernel variant (head-dim bucket and
 tile shape per dtype), the grid, the block and the dynamic shared bytes; the kernel derives
-its shared layout from the same template arguments (Q [BM][DB], K/V [BN][DB+1],
-P [BM][BN+1], alpha [BM], in the accumulation type).
+its shared layout from the same template arguments (Q [BM][DB], K/V [BN][DB+VE],
+P [BM][BN+VE], alpha [BM], in the accumulation type, VE = 16 bytes of it).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def launch_config(dtype, B, Hq, Lq, D, Dv, method=None, tile=None):
         shared = item * (bm + 2 * bn) * (bucket + PAD_MMA[item])
     else:
         acc = 8 if dtype == np.float64 else 4
-        shared = acc * (bm * bucket + bn * (bucket + 1) + bm * (bn + 1) + bm)
+        ve = 16 // acc  # the kernel's 16-byte row padding, in elements
+        shared = acc * (bm * bucket + bn * (bucket + ve) + bm * (bn + ve) + bm)
     grid = (B * Hq, math.ceil(Lq / bm), 1)
     return Config(kernel_name(dtype, bucket, flav, (bm, bn)), grid, (THREADS, 1, 1), shared,
                   bm, bn, bucket)

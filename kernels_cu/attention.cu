@@ -25,12 +25,15 @@
 // * Rows with every key masked keep m = -inf; the shift then uses 0 so -inf - -inf (NaN)
 //   never happens, their l stays 0, and they are written as zeros with lse = -inf.
 //
-// Shared memory (A = accumulation type): Q [BM][DB], K or V [BN][DB + 1] (one buffer, reused:
-// V is loaded after the logits of the tile are computed), P [BM][BN + 1], alpha [BM].  The +1
-// pads keep the column-wise reads (K rows by lanes, P rows by the row threads) free of bank
-// conflicts.  Threads: 128 (kThreads), a compile-time constant the launcher repeats;
-// __launch_bounds__(128, 1) lets ptxas use up to 255 registers (without the 1 it capped the
-// D = 256 float variant at 128 and spilled on sm_80).
+// Shared memory (A = accumulation type, VE = 16 / sizeof(A)): Q [BM][DB], K or V
+// [BN][DB + VE] (one buffer, reused: V is loaded after the logits of the tile are computed),
+// P [BM][BN + VE], alpha [BM].  Both products read shared memory 16 bytes at a time along
+// their summed index (d for Q Kᵀ, keys for P V): the Q and P rows a warp reads are one
+// address for all its lanes (broadcasts), the K rows distinct and, thanks to the VE pad,
+// in distinct bank groups.  That is VE times fewer shared loads per FMA than element loads
+// (which made the FMA loop shared-memory bound).  Threads: 128 (kThreads), a compile-time
+// constant the launcher repeats; __launch_bounds__(128, 1) lets ptxas use up to 255
+// registers (without the 1 it capped the D = 256 float variant at 128 and spilled on sm_80).
 //
 // Compiles under NVRTC (CuPy RawModule, cuda_fp16.h only under __CUDACC__) and under a host
 // C++ compiler with cusoft/simt/simt.h force-included.
@@ -83,6 +86,23 @@ template <> ATTN_DEV double neg_inf<double>() { return -__builtin_huge_val(); }
 
 template <typename A> ATTN_DEV A amax(A a, A b) { return a > b ? a : b; }
 
+// 16 bytes of A from shared memory (16-byte aligned): 4 floats or 2 doubles
+template <typename A> struct Vec16;
+template <> struct Vec16<float> {
+    static constexpr int N = 4;
+    static ATTN_DEV void load(float (&r)[4], const float* p) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+    }
+};
+template <> struct Vec16<double> {
+    static constexpr int N = 2;
+    static ATTN_DEV void load(double (&r)[2], const double* p) {
+        const double2 v = *reinterpret_cast<const double2*>(p);
+        r[0] = v.x; r[1] = v.y;
+    }
+};
+
 }  // namespace attn
 
 // q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv): C-contiguous.
@@ -112,8 +132,13 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
     constexpr int NRO = NT / TCO;
     constexpr int RO = BM / NRO;
     constexpr int CO = DB / TCO;
-    constexpr int KLD = DB + 1;
-    constexpr int PLD = BN + 1;
+    // shared reads are 16 bytes wide (VE elements) along d (Q, K) and along keys (P); the
+    // VE pad keeps every row 16-byte aligned and puts the eight rows a quarter-warp reads in
+    // eight different bank groups
+    constexpr int VE = attn::Vec16<A>::N;
+    constexpr int KLD = DB + VE;
+    constexpr int PLD = BN + VE;
+    static_assert(DB % VE == 0 && BN % VE == 0, "rows must hold whole 16-byte vectors");
     static_assert(RS >= 1 && RS * NRS == BM && CS * TCS == BN, "logit tile must split evenly");
     static_assert(RO >= 1 && RO * NRO == BM && CO * TCO == DB, "output tile must split evenly");
     static_assert(BM <= NT, "one row-owner thread per query row");
@@ -177,16 +202,22 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
         for (int i = 0; i < RS; ++i)
 #pragma unroll
             for (int c = 0; c < CS; ++c) s[i][c] = A(0);
-        for (int d = 0; d < D; ++d) {
-            A qv[RS], kv[CS];
+        // VE values of d at a time: each thread's K rows as 16-byte loads, then each Q row
+        // (the same address for the whole warp: a broadcast) against them.  d runs past D to
+        // the next multiple of VE over the zero padding.
+        for (int d0 = 0; d0 < D; d0 += VE) {
+            A kv[CS][VE];
 #pragma unroll
-            for (int i = 0; i < RS; ++i) qv[i] = sQ[(tsr + i * NRS) * DB + d];
+            for (int c = 0; c < CS; ++c) attn::Vec16<A>::load(kv[c], sKV + (tsc + c * TCS) * KLD + d0);
 #pragma unroll
-            for (int c = 0; c < CS; ++c) kv[c] = sKV[(tsc + c * TCS) * KLD + d];
+            for (int i = 0; i < RS; ++i) {
+                A qv[VE];
+                attn::Vec16<A>::load(qv, sQ + (tsr + i * NRS) * DB + d0);
 #pragma unroll
-            for (int i = 0; i < RS; ++i)
+                for (int e = 0; e < VE; ++e)
 #pragma unroll
-                for (int c = 0; c < CS; ++c) s[i][c] += qv[i] * kv[c];
+                    for (int c = 0; c < CS; ++c) s[i][c] += qv[e] * kv[c][e];
+            }
         }
 #pragma unroll
         for (int i = 0; i < RS; ++i) {
@@ -236,15 +267,22 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
 #pragma unroll
             for (int c = 0; c < CO; ++c) acc[i][c] *= alpha;
         }
-        for (int j = 0; j < nvalid; ++j) {
-            A vv[CO];
+        // VE keys at a time: the V rows of this thread's columns, then each P row (a warp
+        // broadcast) as one 16-byte load.  Keys past nvalid have p = 0 and zero V rows.
+        for (int j0 = 0; j0 < nvalid; j0 += VE) {
+            A vv[VE][CO];
 #pragma unroll
-            for (int c = 0; c < CO; ++c) vv[c] = sKV[j * KLD + toc + c * TCO];
+            for (int e = 0; e < VE; ++e)
+#pragma unroll
+                for (int c = 0; c < CO; ++c) vv[e][c] = sKV[(j0 + e) * KLD + toc + c * TCO];
 #pragma unroll
             for (int i = 0; i < RO; ++i) {
-                const A p = sP[(tor + i * NRO) * PLD + j];
+                A p[VE];
+                attn::Vec16<A>::load(p, sP + (tor + i * NRO) * PLD + j0);
 #pragma unroll
-                for (int c = 0; c < CO; ++c) acc[i][c] += p * vv[c];
+                for (int e = 0; e < VE; ++e)
+#pragma unroll
+                    for (int c = 0; c < CO; ++c) acc[i][c] += p[e] * vv[e][c];
             }
         }
     }

@@ -13,7 +13,8 @@ no longer be proven, a tensor-core product lowered to FMAs) fails here, not on t
 * the row kernels that stream long rows (block, online, split) load, and where they write a row
   store, with 16-byte instructions (LDG.E.128 / STG.E.128);
 * the tensor-core attention kernels issue HMMA (m16n8k16 half / m16n8k8 tf32), ldmatrix (LDSM,
-  plain and transposed, half) and cp.async (LDGSTS); the CUDA-core ones issue no HMMA.
+  plain and transposed, half) and cp.async (LDGSTS); the CUDA-core ones issue no HMMA and
+  read shared memory with 16-byte loads (LDS.128).
 
 Skips name the missing tool (nvcc, cuobjdump/nvdisasm from the nvidia-cuda-cuobjdump and
 nvidia-cuda-nvdisasm wheels, NVRTC for the name mapping).
@@ -127,6 +128,8 @@ def test_attention_instruction_selection(arch):
         else:
             seen.add("fma")
             assert not _has(ops, "HMMA"), f"{mangled}: the CUDA-core kernel uses tensor cores"
+            # both products read shared memory 16 bytes at a time
+            assert ops["LDS.128"] > 0, f"{mangled}: no 16-byte shared loads: {sorted(ops)}"
     assert seen == {"mma", "tf32x3", "fma"}
 
 
