@@ -1,8 +1,10 @@
 """Benchmark of cusoft.attention: TFLOP/s and peak memory, tiled vs the materialised path.
 
 On a GPU (CuPy): B=4, H=16, L = 1k..16k, D = 64/128, float16/float32, causal and not, against
-``torch.nn.functional.scaled_dot_product_attention`` when PyTorch with CUDA is importable, and
-peak device memory against ``method="naive"`` (which materialises B*H*L*L logits and hits the
+``torch.nn.functional.scaled_dot_product_attention`` when PyTorch with CUDA is importable (and
+flash-attn's ``flash_attn_func`` for float16 where that package is installed), the other kernel
+flavour of each dtype (float16 on CUDA cores, float32 as 3xTF32 on tensor cores), and peak
+device memory against ``method="naive"`` (which materialises B*H*L*L logits and hits the
 memory wall first).  On a machine without a GPU it runs a small size on NumPy, tiled vs naive,
 with peak host memory from tracemalloc.
 
@@ -14,6 +16,7 @@ Every configuration is validated (against PyTorch or a float64 reference on a sl
 is timed.  Results are printed as a table and written as JSON to bench/results/.
 
     python bench/bench_attention.py [--quick] [--out bench/results]
+    python bench/bench_attention.py --sweep      # GPU: tensor-core tile shapes, one size
 """
 
 from __future__ import annotations
@@ -72,6 +75,16 @@ def _torch_cuda():
         import torch
 
         return torch if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+def _flash_attn():
+    """flash_attn.flash_attn_func where the flash-attn package is installed, else None."""
+    try:
+        from flash_attn import flash_attn_func
+
+        return flash_attn_func
     except Exception:
         return None
 
@@ -164,6 +177,13 @@ def bench_gpu(quick, save=lambda rows: None):
                         row["torch_ms"] = t_t * 1e3
                         row["torch_tflops"] = flops(B, H, L, L, D, causal) / t_t / 1e12
                         row["vs_torch"] = t_t / t  # > 1: cusoft faster than SDPA
+                        fa = _flash_attn()
+                        if fa is not None and dt == np.float16:
+                            # flash-attn's layout is (B, L, H, D)
+                            fq, fk, fv = (x.transpose(1, 2).contiguous() for x in (tq, tk, tv))
+                            t_fa = _time_gpu(lambda: fa(fq, fk, fv, causal=causal), reps)
+                            row["flash_attn_ms"] = t_fa * 1e3
+                            row["flash_attn_tflops"] = flops(B, H, L, L, D, causal) / t_fa / 1e12
                     rows.append(row)
                     print(_fmt(row), flush=True)
                     save(rows)   # a run cut short by a time limit keeps what it measured
@@ -281,6 +301,8 @@ def _fmt(r):
                 s += f"  {other} {r[f'{other}_tflops']:7.2f} TFLOP/s"
         if "torch_tflops" in r:
             s += f"  torch {r['torch_tflops']:7.2f} TFLOP/s ({r['vs_torch']:.2f}x)"
+        if "flash_attn_tflops" in r:
+            s += f"  flash-attn {r['flash_attn_tflops']:7.2f} TFLOP/s"
     else:
         s += (f"{r['gflops']:7.2f} GFLOP/s  peak {mb(r['peak_bytes'])} MiB | naive "
               f"{r['naive_ms']:9.3f} ms peak {mb(r['naive_peak_bytes'])} MiB")
