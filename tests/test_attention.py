@@ -433,7 +433,7 @@ def test_gpu_matches_reference(shapes, causal, dtype):
 def test_gpu_kernel_flavours(flavour, D):
     """Each kernel flavour on the GPU, every head-dim bucket (cp.async rows at D % 8 == 0,
     element loads otherwise), causal + mask + bias, against the float64 oracle: the float16
-    bound of ``check``, float32 CUDA cores the float32 bound, 3xTF32 its documented 1e-5."""
+    bound of ``check``, float32 CUDA cores the float32 bound, 3xTF32 its documented one."""
     import cupy
 
     dname, method = flavour
@@ -449,10 +449,10 @@ def test_gpu_kernel_flavours(flavour, D):
                          method=method)
     ro, rl = reference(q, k, v, **kw)
     lo, ll = reference(q, k, v, dtype=dt, **kw)
-    if dname == "float32" and method == "mma":
-        tol_o = tol_l = 1e-5
-    else:
-        tol_o, tol_l = FLOOR[dt] + 2 * err(lo, ro), FLOOR[dt] + 2 * err(ll, rl)
+    # 3xTF32's documented bound (tests/test_attention_simt.py: tf32x3_bound): the float32
+    # floor plus 4x the float32 baseline's error; the others the suite's 2x
+    times = 4 if (dname == "float32" and method == "mma") else 2
+    tol_o, tol_l = FLOOR[dt] + times * err(lo, ro), FLOOR[dt] + times * err(ll, rl)
     assert err(out.get(), ro) <= tol_o
     assert err(lse.get(), rl) <= tol_l
 

@@ -168,9 +168,12 @@ def test_float16_flavours_agree(shapes):
     np.testing.assert_allclose(l_mma, l_fma, rtol=0, atol=2e-3)
 
 
-#: the documented bound of float32 on tensor cores (3xTF32: ~22 bits per operand): measured
-#: up to 3.1e-6 at D = 200 here, where CUDA-core float32 gives 8.8e-7
-TF32X3_BOUND = 1e-5
+def tf32x3_bound(lowprec_err):
+    """The documented bound of float32 on tensor cores (3xTF32, ~22 of float32's 24 bits per
+    operand): the float32 floor plus 4x the error of the float32 SciPy-rule computation
+    (CUDA-core float32 is held to 2x).  Measured up to ~2.4x that baseline here (3.1e-6 at
+    D = 200 against 6.5e-7)."""
+    return FLOOR[np.dtype(np.float32)] + 4 * lowprec_err
 
 
 @pytest.mark.parametrize("shapes", BUCKET_CASES, ids=["d19", "d40", "d65", "d200"])
@@ -187,10 +190,29 @@ def test_float32_tensor_cores(shapes):
     for kw in (dict(causal=True, mask=mask, bias=bias), dict()):
         out, lse = attention(q, k, v, return_lse=True, backend="simt", method="mma", **kw)
         ro, rl = reference(q, k, v, **kw)
+        lo, ll = reference(q, k, v, dtype=np.float32, **kw)
         assert out.dtype == np.float32 and lse.dtype == np.float32
-        assert err(out, ro) <= TF32X3_BOUND and err(lse, rl) <= TF32X3_BOUND
+        assert err(out, ro) <= tf32x3_bound(err(lo, ro))
+        assert err(lse, rl) <= tf32x3_bound(err(ll, rl))
+        assert (out[..., 3, :] == 0).all() if "mask" in kw else True
     # the default for float32 is the CUDA-core kernel, within the float32 contract
     _run(q, k, v, causal=True)
+
+
+def test_float32_tensor_cores_extreme_logits():
+    """Logits of +-1e4 and +-900 before scaling: the big/small split keeps them exact enough."""
+    rng = np.random.default_rng(22)
+    q, k, v = make((1, 2, 9, 16), (1, 2, 70, 16), (1, 2, 70, 16), np.float64, rng)
+    for size in (100, 30):
+        qn = (q / np.linalg.norm(q, axis=-1, keepdims=True) * size).astype(np.float32)
+        kn = (k / np.linalg.norm(k, axis=-1, keepdims=True) * size).astype(np.float32)
+        vf = v.astype(np.float32)
+        out, lse = attention(qn, kn, vf, causal=True, return_lse=True, backend="simt",
+                             method="mma")
+        ro, rl = reference(qn, kn, vf, causal=True)
+        lo, ll = reference(qn, kn, vf, causal=True, dtype=np.float32)
+        assert err(out, ro) <= tf32x3_bound(err(lo, ro))
+        assert err(lse, rl) <= tf32x3_bound(err(ll, rl))
 
 
 def test_flavour_errors():
@@ -232,7 +254,10 @@ def test_bench_sweep_tiles_are_correct():
         AL.launch_attention(lambda: mod, np, q, k, v, None, None, out, lse, 1 / math.sqrt(D),
                             True, "mma", tile)
         ro, rl = reference(q, k, v, causal=True)
-        lo, _ = reference(q, k, v, causal=True, dtype=dt)
-        bound = FLOOR[dt] + 2 * err(lo, ro) if dt == np.float16 else TF32X3_BOUND
-        assert err(out, ro) <= bound, (dname, D, tile, err(out, ro))
-        assert err(lse, rl) <= (2e-3 if dt == np.float16 else TF32X3_BOUND)
+        lo, ll = reference(q, k, v, causal=True, dtype=dt)
+        if dt == np.float16:
+            bound_o, bound_l = FLOOR[dt] + 2 * err(lo, ro), FLOOR[dt] + 2 * err(ll, rl)
+        else:
+            bound_o, bound_l = tf32x3_bound(err(lo, ro)), tf32x3_bound(err(ll, rl))
+        assert err(out, ro) <= bound_o, (dname, D, tile, err(out, ro))
+        assert err(lse, rl) <= bound_l, (dname, D, tile, err(lse, rl))
