@@ -127,10 +127,13 @@ def bench_gpu(quick, save=lambda rows: None):
     rows = []
     lengths = (1024, 4096) if quick else (1024, 2048, 4096, 8192, 16384)
     B, H = 4, 16
-    for dt in (np.float16, np.float32):
+    # float64 (DMMA by default, CUDA cores as the other flavour) in the full run, up to 4k
+    for dt in ((np.float16, np.float32) if quick else (np.float16, np.float32, np.float64)):
         for D in (64, 128):
             for causal in (False, True):
                 for L in lengths:
+                    if dt == np.float64 and L > 4096:
+                        continue
                     rng = cupy.random.default_rng(0)
                     q, k, v = (rng.standard_normal((B, H, L, D), dtype=np.float32).astype(dt)
                                for _ in range(3))
@@ -140,21 +143,21 @@ def bench_gpu(quick, save=lambda rows: None):
                     n = min(L, 512)
                     ref = reference64(q[0, 0, -n:].get(), k[0, 0].get(), v[0, 0].get(), causal)
                     err = _max_rel(out[0, 0, -n:].get(), ref)
-                    tol = 5e-3 if dt == np.float16 else 1e-4
+                    tol = {np.float16: 5e-3, np.float32: 1e-4, np.float64: 1e-10}[dt]
                     assert err <= tol, f"validation failed: {dt.__name__} D={D} L={L}: {err}"
                     reps = 3 if L >= 8192 else 10
                     t = _time_gpu(run, reps)
                     row = dict(dtype=np.dtype(dt).name, B=B, H=H, L=L, D=D, causal=causal,
                                ms=t * 1e3, tflops=flops(B, H, L, L, D, causal) / t / 1e12,
                                max_rel_err=err, peak_bytes=_peak_gpu(run))
-                    # the other kernel flavour of the same call: float16 defaults to tensor
-                    # cores (row "fma_*" = CUDA cores); float32 to CUDA cores (row "mma_*" =
-                    # 3xTF32 on tensor cores, validated against its own documented bound)
-                    other = "fma" if dt == np.float16 else "mma"
+                    # the other kernel flavour of the same call: float16 and float64 default
+                    # to tensor cores (row "fma_*" = CUDA cores); float32 to CUDA cores (row
+                    # "mma_*" = 3xTF32, validated against its own documented bound)
+                    other = "mma" if dt == np.float32 else "fma"
                     alt = lambda m=other: attention(q, k, v, causal=causal, method=m)  # noqa: E731
                     o_alt = alt()
                     row[f"{other}_max_rel_err"] = _max_rel(o_alt[0, 0, -n:].get(), ref)
-                    assert row[f"{other}_max_rel_err"] <= (tol if dt == np.float16 else 1e-5)
+                    assert row[f"{other}_max_rel_err"] <= (1e-5 if other == "mma" else tol)
                     t_f = _time_gpu(alt, reps)
                     row[f"{other}_ms"] = t_f * 1e3
                     row[f"{other}_tflops"] = flops(B, H, L, L, D, causal) / t_f / 1e12
@@ -167,23 +170,27 @@ def bench_gpu(quick, save=lambda rows: None):
                     else:
                         row["naive_peak_bytes"] = None  # would not fit: the memory wall
                     if torch is not None:
-                        tq, tk, tv = (torch.as_tensor(x, device="cuda") for x in (q, k, v))
-                        sdpa = torch.nn.functional.scaled_dot_product_attention
-                        ot = sdpa(tq, tk, tv, is_causal=causal)
-                        if L == k.shape[-2]:
-                            row["max_rel_err_vs_torch"] = _max_rel(
-                                out[0, 0].get(), ot[0, 0].float().cpu().numpy())
-                        t_t = _time_gpu(lambda: sdpa(tq, tk, tv, is_causal=causal), reps)
-                        row["torch_ms"] = t_t * 1e3
-                        row["torch_tflops"] = flops(B, H, L, L, D, causal) / t_t / 1e12
-                        row["vs_torch"] = t_t / t  # > 1: cusoft faster than SDPA
-                        fa = _flash_attn()
-                        if fa is not None and dt == np.float16:
-                            # flash-attn's layout is (B, L, H, D)
-                            fq, fk, fv = (x.transpose(1, 2).contiguous() for x in (tq, tk, tv))
-                            t_fa = _time_gpu(lambda: fa(fq, fk, fv, causal=causal), reps)
-                            row["flash_attn_ms"] = t_fa * 1e3
-                            row["flash_attn_tflops"] = flops(B, H, L, L, D, causal) / t_fa / 1e12
+                        try:
+                            tq, tk, tv = (torch.as_tensor(x, device="cuda") for x in (q, k, v))
+                            sdpa = torch.nn.functional.scaled_dot_product_attention
+                            ot = sdpa(tq, tk, tv, is_causal=causal)
+                            if L == k.shape[-2]:
+                                row["max_rel_err_vs_torch"] = _max_rel(
+                                    out[0, 0].get(), ot[0, 0].double().cpu().numpy())
+                            t_t = _time_gpu(lambda: sdpa(tq, tk, tv, is_causal=causal), reps)
+                            row["torch_ms"] = t_t * 1e3
+                            row["torch_tflops"] = flops(B, H, L, L, D, causal) / t_t / 1e12
+                            row["vs_torch"] = t_t / t  # > 1: cusoft faster than SDPA
+                            fa = _flash_attn()
+                            if fa is not None and dt == np.float16:
+                                # flash-attn's layout is (B, L, H, D)
+                                fq, fk, fv = (x.transpose(1, 2).contiguous() for x in (tq, tk, tv))
+                                t_fa = _time_gpu(lambda: fa(fq, fk, fv, causal=causal), reps)
+                                row["flash_attn_ms"] = t_fa * 1e3
+                                row["flash_attn_tflops"] = flops(B, H, L, L, D, causal) / t_fa / 1e12
+                        except Exception as exc:  # e.g. float64 SDPA (math backend) out of memory
+                            row["torch_error"] = f"{type(exc).__name__}: {exc}"[:200]
+                            torch.cuda.empty_cache()
                     rows.append(row)
                     print(_fmt(row), flush=True)
                     save(rows)   # a run cut short by a time limit keeps what it measured
@@ -199,6 +206,8 @@ SWEEP = {
     ("float16", 128): [(64, 64), (64, 32), (128, 32), (64, 128)],
     ("float32", 64): [(64, 64), (64, 32), (128, 32), (128, 64)],
     ("float32", 128): [(64, 32), (64, 64), (128, 32)],
+    ("float64", 64): [(64, 32), (64, 64), (64, 16)],
+    ("float64", 128): [(64, 32), (64, 16)],
 }
 
 
@@ -239,6 +248,7 @@ def bench_sweep(save=lambda rows: None, L=4096, B=4, H=16):
             n = min(L, 256)
             ref = reference64(q[0, 0, -n:].get(), k[0, 0].get(), v[0, 0].get(), causal)
             err = _max_rel(out[0, 0, -n:].get(), ref)
+            assert err <= {"float16": 5e-3, "float32": 1e-5, "float64": 1e-10}[dname], (name, err)
             t = _time_gpu(run, 5)
             row = dict(dtype=dname, D=D, L=L, B=B, H=H, tile=list(tile), causal=causal,
                        name=name, ms=t * 1e3, tflops=flops(B, H, L, L, D, causal) / t / 1e12,

@@ -66,9 +66,11 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
         for float32 an opt-in "3xTF32" (each operand split into two tf32 parts, three
         products summed in float32, as PyTorch's float32 SDPA does): about 22 of float32's
         24 bits per operand, a relative error of a few 1e-6 at D = 128-256 where CUDA-core
-        float32 gives under 1e-6.  ``"fma"``: CUDA cores, every dtype, the default for
-        float32 and float64 (float16 then runs entirely in float32 arithmetic).
-        ``"fma"``/``"mma"`` on other backends raise ``ValueError``.
+        float32 gives under 1e-6; for float64 DMMA (IEEE float64 fused multiply-adds, the
+        default up to D = 128; larger head dims run on CUDA cores).  ``"fma"``: CUDA cores,
+        every dtype, the default for float32 (float16 then runs entirely in float32
+        arithmetic).  ``"fma"``/``"mma"`` on other backends raise ``ValueError``;
+        ``"mma"`` for float64 with D > 128 too.
 
     Returns
     -------
@@ -114,6 +116,13 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     if name != "cpu" and max(D, Dv) > 256:
         raise ValueError(f"cusoft.attention: head dimension {max(D, Dv)} is larger than 256, "
                          f"the largest the {name!r} kernels support; use NumPy arrays")
+    if name in ("cupy", "simt") and method == "mma":
+        from . import _attention_launch as AL
+
+        try:
+            AL.flavour(dt, "mma", AL.bucket_of(max(D, Dv)))
+        except ValueError as exc:
+            raise ValueError(f"cusoft.attention: {exc}") from None
     scale = _check_scale(scale, D)
     causal = _check_flag("causal", causal)
     return_lse = _check_flag("return_lse", return_lse)
@@ -481,16 +490,14 @@ def _kernel_path(getter_name, method):
 
 def _check_flavour(name, method, dtype):
     """ValueError for a kernel flavour (``method="fma"``/``"mma"``) the call cannot run:
-    only the CUDA kernels (cupy, simt) have flavours, and tensor cores take no float64.
+    only the CUDA kernels (cupy, simt) have flavours (which head dims have a tensor-core
+    kernel is the launcher's to say, ``_attention_launch.flavour``).
     ``name``/``dtype`` None: not known yet (Dask chunks), not checked."""
     if method not in ("fma", "mma"):
         return
     if name is not None and name not in ("cupy", "simt"):
         raise ValueError(f"cusoft.attention: method={method!r} selects a CUDA kernel flavour; "
                          f"the {name!r} backend has one tiled path (use method='tiled')")
-    if method == "mma" and dtype is not None and np.dtype(dtype) == np.float64:
-        raise ValueError("cusoft.attention: method='mma' (tensor cores) takes float16 or "
-                         "float32 inputs, not float64; use method='fma'")
 
 
 def _backend_fn(name, method):

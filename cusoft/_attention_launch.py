@@ -39,15 +39,21 @@ _MAX_GRID_Y = 65535
 #: the accumulator is small (DB <= 64: 64 + 64 floats per lane); BN = 32 where the DB-wide
 #: accumulator is large.  float32 (``attention_fwd_tf32x3``) keeps one m16 tile per warp (its
 #: operands are split in registers) and BN = 32 from DB = 128 on, which keeps its float tiles
-#: Q [BM], K [BN], V [BN] of DB + 4 under 136 KB.  float16 rows are DB + 8 halves.
+#: Q [BM], K [BN], V [BN] of DB + 4 under 136 KB.  float16 rows are DB + 8 halves.  float64
+#: (``attention_fwd_dmma``, DMMA m8n8k4) holds a double accumulator (2 registers per value),
+#: so BN = 32 from DB = 64 on and no DB = 256 variant (its 256 accumulator registers would
+#: not fit): float64 at D > 128 runs on CUDA cores.
 TILES_MMA = {
     (2, 32): (128, 64), (2, 64): (128, 64), (2, 128): (64, 64), (2, 256): (64, 32),
     (4, 32): (64, 64), (4, 64): (64, 64), (4, 128): (64, 32), (4, 256): (64, 32),
+    (8, 32): (64, 64), (8, 64): (64, 32), (8, 128): (64, 32),
 }
 #: shared row padding of the tensor-core kernels, in elements
-PAD_MMA = {2: 8, 4: 4}
+PAD_MMA = {2: 8, 4: 4, 8: 2}
+_MMA_KERNEL = {2: "attention_fwd_mma", 4: "attention_fwd_tf32x3", 8: "attention_fwd_dmma"}
 #: the kernel flavours of ``method=``: "fma" (CUDA cores, every dtype) and "mma" (tensor
-#: cores: float16, and float32 as 3xTF32); None picks "mma" for float16 only
+#: cores: float16; float32 as 3xTF32; float64 as DMMA up to D = 128); None picks "mma" for
+#: float16 and for float64 up to D = 128
 FLAVOURS = ("fma", "mma")
 
 Config = collections.namedtuple("Config", "name grid block shared_mem bm bn bucket")
@@ -57,20 +63,31 @@ Config = collections.namedtuple("Config", "name grid block shared_mem bm bn buck
 Operand = collections.namedtuple("Operand", "array strides")
 
 
-def flavour(dtype, method=None):
-    """The kernel flavour ("fma" or "mma") for ``dtype`` and the public ``method``."""
+def has_mma(dtype, bucket):
+    """Whether a tensor-core kernel exists for ``dtype`` at head-dim ``bucket``."""
+    return (np.dtype(dtype).itemsize, bucket) in TILES_MMA
+
+
+def flavour(dtype, method=None, bucket=None):
+    """The kernel flavour ("fma" or "mma") for ``dtype``, the public ``method`` and (when
+    known) the head-dim ``bucket``."""
     dtype = np.dtype(dtype)
     if method == "mma":
-        if dtype == np.float64:
-            raise ValueError("method='mma' (tensor cores) is for float16 and float32, "
-                             "not float64")
+        if bucket is not None and not has_mma(dtype, bucket):
+            raise ValueError(f"method='mma': no tensor-core {dtype} kernel for head dims "
+                             f"above 128 (D = {bucket} bucket); use method='fma'")
         return "mma"
     if method == "fma":
         return "fma"
     # float32 stays on CUDA cores unless asked: 3xTF32 keeps ~22 of float32's 24 bits per
     # operand, which measured 2-4x the error of float32 FMA on the logits (D >= 128), beyond
-    # the float32 accuracy contract of ``python -m cusoft check``
-    return "mma" if dtype == np.float16 else "fma"
+    # the float32 accuracy contract of ``python -m cusoft check``.  DMMA is IEEE float64
+    # fused multiply-add: the same accuracy as the CUDA-core kernel.
+    if dtype == np.float16:
+        return "mma"
+    if dtype == np.float64 and (bucket is None or has_mma(dtype, bucket)):
+        return "mma"
+    return "fma"
 
 
 def tiles(dtype, bucket, flav="fma"):
@@ -86,27 +103,31 @@ def kernel_name(dtype, bucket, flav="fma", tile=None):
     (tile sweeps in bench/bench_attention.py; such names are not in the runtime module)."""
     bm, bn = tile if tile is not None else tiles(dtype, bucket, flav)
     if flav == "mma":
-        kern = "attention_fwd_mma" if np.dtype(dtype) == np.float16 else "attention_fwd_tf32x3"
-        return f"{kern}<{bucket}, {bm}, {bn}>"
+        return f"{_MMA_KERNEL[np.dtype(dtype).itemsize]}<{bucket}, {bm}, {bn}>"
     return f"attention_fwd<{_CTYPE[np.dtype(dtype)]}, {bucket}, {bm}, {bn}>"
 
 
 def all_kernel_names():
     """Every instantiation the launcher can ask for (compile tests, precompile)."""
     return ([kernel_name(dt, b) for dt in _CTYPE for b in BUCKETS]
-            + [kernel_name(dt, b, "mma") for dt in (np.float16, np.float32) for b in BUCKETS])
+            + [kernel_name(dt, b, "mma") for dt in _CTYPE for b in BUCKETS if has_mma(dt, b)])
+
+
+def bucket_of(need):
+    """The head-dim bucket of the instantiation that serves head dims up to ``need``."""
+    bucket = next((b for b in BUCKETS if need <= b), None)
+    if bucket is None:
+        raise ValueError(f"head dimension {need} is larger than the kernels' maximum "
+                         f"{MAX_HEAD_DIM}; use the NumPy path")
+    return bucket
 
 
 def launch_config(dtype, B, Hq, Lq, D, Dv, method=None, tile=None):
     """Kernel name, grid, block and dynamic shared bytes for one attention call; ``tile``
     (BM, BN) replaces the table's tile shape (see ``kernel_name``)."""
     dtype = np.dtype(dtype)
-    need = max(D, Dv)
-    bucket = next((b for b in BUCKETS if need <= b), None)
-    if bucket is None:
-        raise ValueError(f"head dimension {need} is larger than the kernels' maximum "
-                         f"{MAX_HEAD_DIM}; use the NumPy path")
-    flav = flavour(dtype, method)
+    bucket = bucket_of(max(D, Dv))
+    flav = flavour(dtype, method, bucket)
     bm, bn = tile if tile is not None else tiles(dtype, bucket, flav)
     if tile is not None and flav == "mma" and (bm % 64 or bn % 16 or bm <= 0 or bn <= 0):
         raise ValueError(f"tensor-core tiles need BM a multiple of 64 and BN of 16, not {tile}")

@@ -375,6 +375,17 @@ ATTN_DEV void mma1688(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsign
 #endif
 }
 
+// (d0, d1) += a b, m8n8k4 in double (a: A[g][t]; b: B[t][g]; d: D[g][2t], D[g][2t+1])
+ATTN_DEV void mma884(double& d0, double& d1, double a, double b)
+{
+#ifdef __CUDACC__
+    asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0, %1}, {%2}, {%3}, {%0, %1};\n"
+                 : "+d"(d0), "+d"(d1) : "d"(a), "d"(b));
+#else
+    cusoft_simt::mma_m8n8k4_f64(d0, d1, a, b);
+#endif
+}
+
 // x rounded to tf32 (10 mantissa bits, to nearest, ties away), as the bits of a float
 ATTN_DEV unsigned to_tf32(float x)
 {
@@ -460,6 +471,7 @@ ATTN_DEV void cp_async_wait()
 
 ATTN_DEV __half zero_of(__half) { return __float2half_rn(0.0f); }
 ATTN_DEV float zero_of(float) { return 0.0f; }
+ATTN_DEV double zero_of(double) { return 0.0; }
 
 // Starts loading rows [0, NROWS) x columns [0, DB) of a tile into shared memory (row stride
 // LD): `valid` rows of `ncols` columns from src (row stride ncols), zeros elsewhere.  With
@@ -493,38 +505,39 @@ ATTN_DEV void load_tile(T* dst, const T* src, int valid, int ncols, int tid)
 // two adjacent outputs (p 2-element aligned)
 ATTN_DEV void store2(__half* p, float a, float b) { *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b); }
 ATTN_DEV void store2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+ATTN_DEV void store2(double* p, double a, double b) { *reinterpret_cast<double2*>(p) = make_double2(a, b); }
 
 // Where one block stands: what the logit masking and the epilogue need.
-template <typename T>
+template <typename T, typename Acc>
 struct TcTile {
     int i0, n0, kend, offset, Lq, causal, has_mask, has_bias;
     const unsigned char* mp;
     const T* bp;
     long long ms2, ms3, bs2, bs3;
-    float scale_log2;
+    Acc scale_log2;
 };
 
 // Scales the logits of the (MT x 16) x (NS x 8) accumulator tile to the log2 domain and masks
 // them (masked -> -inf); `plain` tiles (nothing masked, no bias) only scale.
-template <typename T, int MT, int NS>
-ATTN_DEV void scale_and_mask(float (&s)[MT][NS][4], const TcTile<T>& tl, int wrow, int g, int t,
+template <typename T, typename Acc, int MT, int NS>
+ATTN_DEV void scale_and_mask(Acc (&s)[MT][NS][4], const TcTile<T, Acc>& tl, int wrow, int g, int t,
                              bool plain)
 {
-    const float log2e = 1.4426950408889634f;
+    const Acc log2e = Acc(1.4426950408889634);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int n = 0; n < NS; ++n)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                float val = s[mt][n][e] * tl.scale_log2;
+                Acc val = s[mt][n][e] * tl.scale_log2;
                 if (!plain) {
                     const int qi = tl.i0 + wrow + mt * 16 + g + 8 * (e >> 1);
                     const int kj = tl.n0 + n * 8 + 2 * t + (e & 1);
                     bool keep = qi < tl.Lq && kj < tl.kend && (!tl.causal || kj <= qi + tl.offset);
                     if (keep && tl.has_mask) keep = tl.mp[qi * tl.ms2 + kj * tl.ms3] != 0;
                     if (keep && tl.has_bias) val += to_acc(tl.bp[qi * tl.bs2 + kj * tl.bs3]) * log2e;
-                    val = keep ? val : neg_inf<float>();
+                    val = keep ? val : neg_inf<Acc>();
                 }
                 s[mt][n][e] = val;
             }
@@ -532,16 +545,16 @@ ATTN_DEV void scale_and_mask(float (&s)[MT][NS][4], const TcTile<T>& tl, int wro
 
 // The online softmax step of one logit tile: row max over the quad, rescale of the running sum
 // and of the output accumulator, s <- exp2(s - shift).  Rows g (e = 0, 1), g + 8 (e = 2, 3).
-template <int MT, int NS, int NO>
-ATTN_DEV void online_softmax(float (&s)[MT][NS][4], float (&o)[MT][NO][4], float (&m_run)[MT][2],
-                             float (&l_run)[MT][2])
+template <typename Acc, int MT, int NS, int NO>
+ATTN_DEV void online_softmax(Acc (&s)[MT][NS][4], Acc (&o)[MT][NO][4], Acc (&m_run)[MT][2],
+                             Acc (&l_run)[MT][2])
 {
-    const float ninf = neg_inf<float>();
+    const Acc ninf = neg_inf<Acc>();
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
-            float mx = m_run[mt][hr];
+            Acc mx = m_run[mt][hr];
 #pragma unroll
             for (int n = 0; n < NS; ++n) {
                 mx = amax(mx, s[mt][n][2 * hr]);
@@ -550,14 +563,14 @@ ATTN_DEV void online_softmax(float (&s)[MT][NS][4], float (&o)[MT][NO][4], float
             mx = amax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = amax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             // a row that has seen only masked keys shifts by 0: exp2(-inf - 0) = 0, no NaN
-            const float shift = mx == ninf ? 0.0f : mx;
-            const float alpha = exp2f(m_run[mt][hr] - shift);
-            float sum = 0.0f;
+            const Acc shift = mx == ninf ? Acc(0) : mx;
+            const Acc alpha = fexp2(m_run[mt][hr] - shift);
+            Acc sum = Acc(0);
 #pragma unroll
             for (int n = 0; n < NS; ++n)
 #pragma unroll
                 for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                    const float p = exp2f(s[mt][n][e] - shift);
+                    const Acc p = fexp2(s[mt][n][e] - shift);
                     s[mt][n][e] = p;
                     sum += p;
                 }
@@ -573,13 +586,13 @@ ATTN_DEV void online_softmax(float (&s)[MT][NS][4], float (&o)[MT][NO][4], float
 
 // Normalises the accumulator once (the quad's partial sums make the row sum) and writes the
 // block's rows of out (and lse).
-template <typename T, int MT, int NO>
-ATTN_DEV void write_rows(const float (&o)[MT][NO][4], const float (&m_run)[MT][2],
-                         const float (&l_run)[MT][2], T* out, float* lse, int bh, int i0, int Lq,
+template <typename T, typename Acc, int MT, int NO>
+ATTN_DEV void write_rows(const Acc (&o)[MT][NO][4], const Acc (&m_run)[MT][2],
+                         const Acc (&l_run)[MT][2], T* out, Acc* lse, int bh, int i0, int Lq,
                          int Dv, int has_lse, int wrow, int g, int t)
 {
     T* op = out + (static_cast<long long>(bh) * Lq + i0) * Dv;
-    // a lane's two adjacent columns go out as one 4- (half) or 8-byte (float) store when every
+    // a lane's two adjacent columns go out as one 4- (half), 8- (float) or 16-byte store when every
     // row start is aligned to it
     const bool pairs = Dv % 2 == 0 &&
         reinterpret_cast<unsigned long long>(out) % (2 * sizeof(T)) == 0;
@@ -587,16 +600,16 @@ ATTN_DEV void write_rows(const float (&o)[MT][NO][4], const float (&m_run)[MT][2
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
-            float l = l_run[mt][hr];
+            Acc l = l_run[mt][hr];
             l += __shfl_xor_sync(0xffffffffu, l, 1);
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             const int r = wrow + mt * 16 + g + 8 * hr;
             if (i0 + r >= Lq) continue;
-            const bool seen = l > 0.0f;
-            const float inv = seen ? 1.0f / l : 0.0f;
+            const bool seen = l > Acc(0);
+            const Acc inv = seen ? Acc(1) / l : Acc(0);
             if (has_lse && t == 0)
                 lse[static_cast<long long>(bh) * Lq + i0 + r] =
-                    seen ? (m_run[mt][hr] + log2f(l)) * 0.6931471805599453f : neg_inf<float>();
+                    seen ? (m_run[mt][hr] + flog2(l)) * Acc(0.6931471805599453) : neg_inf<Acc>();
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
                 const int d = n * 8 + 2 * t;
@@ -618,12 +631,13 @@ template <class Ops, int DB, int BM, int BN>
 ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops::T* __restrict__ k,
                        const typename Ops::T* __restrict__ v, const unsigned char* __restrict__ mask,
                        const typename Ops::T* __restrict__ bias, typename Ops::T* __restrict__ out,
-                       float* __restrict__ lse, int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
-                       float scale_log2, int causal, int has_mask, int has_bias, int has_lse,
+                       typename Ops::Acc* __restrict__ lse, int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
+                       typename Ops::Acc scale_log2, int causal, int has_mask, int has_bias, int has_lse,
                        long long ms0, long long ms1, long long ms2, long long ms3,
                        long long bs0, long long bs1, long long bs2, long long bs3)
 {
     typedef typename Ops::T T;
+    typedef typename Ops::Acc Acc;
     constexpr int NW = kThreads / 32;
     constexpr int MT = BM / (16 * NW);  // m16 tiles per warp
     constexpr int NS = BN / 8;          // n8 logit tiles per m16 tile
@@ -646,7 +660,7 @@ ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops
     const int hk = h / (Hq / Hkv);
     const int wrow = warp * 16 * MT;
 
-    TcTile<T> tl;
+    TcTile<T, Acc> tl;
     tl.i0 = blockIdx.y * BM;
     tl.offset = Lk - Lq;
     tl.Lq = Lq;
@@ -663,16 +677,16 @@ ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops
     const T* kp = k + (static_cast<long long>(b) * Hkv + hk) * Lk * D;
     const T* vp = v + (static_cast<long long>(b) * Hkv + hk) * Lk * Dv;
 
-    float o[MT][NO][4];
-    float m_run[MT][2], l_run[MT][2];
+    Acc o[MT][NO][4];
+    Acc m_run[MT][2], l_run[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int n = 0; n < NO; ++n)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) o[mt][n][e] = 0.0f;
-        m_run[mt][0] = m_run[mt][1] = neg_inf<float>();
-        l_run[mt][0] = l_run[mt][1] = 0.0f;
+            for (int e = 0; e < 4; ++e) o[mt][n][e] = Acc(0);
+        m_run[mt][0] = m_run[mt][1] = neg_inf<Acc>();
+        l_run[mt][0] = l_run[mt][1] = Acc(0);
     }
 
     // keys a query of this tile can see: the causal bound skips whole tiles above the diagonal
@@ -697,19 +711,19 @@ ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops
         __syncthreads();  // K (and Q) landed for every thread; no warp still reads sV
         load_tile<T, DB, LD, BN>(sV, vp + static_cast<long long>(n0) * Dv, nvalid, Dv, tid);
 
-        float s[MT][NS][4];
+        Acc s[MT][NS][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int n = 0; n < NS; ++n)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.0f;
+                for (int e = 0; e < 4; ++e) s[mt][n][e] = Acc(0);
         Ops::template qk<DB, LD, MT, NS>(s, sQ, sK, wrow, lane);
 
         const bool plain = !has_mask && !has_bias && n0 + BN <= kend &&
                            (!causal || n0 + BN - 1 <= i0 + tl.offset);
-        scale_and_mask<T, MT, NS>(s, tl, wrow, g, t, plain);
-        online_softmax<MT, NS, NO>(s, o, m_run, l_run);
+        scale_and_mask<T, Acc, MT, NS>(s, tl, wrow, g, t, plain);
+        online_softmax<Acc, MT, NS, NO>(s, o, m_run, l_run);
 
         cp_async_wait<0>();
         __syncthreads();  // V landed; no warp still reads sK
@@ -720,7 +734,7 @@ ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops
         Ops::template pv<DB, LD, MT, NS, NO>(o, s, sV, lane);
     }
     cp_async_wait<0>();  // kend == 0: Q was never waited for
-    write_rows<T, MT, NO>(o, m_run, l_run, out, lse, bh, i0, Lq, Dv, has_lse, wrow, g, t);
+    write_rows<T, Acc, MT, NO>(o, m_run, l_run, out, lse, bh, i0, Lq, Dv, has_lse, wrow, g, t);
 }
 
 // float16: m16n8k16, fragments by ldmatrix.  Q row lane % 16, column block lane / 16; K
@@ -728,6 +742,7 @@ ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops
 // k-major, .trans) row lane % 8 + 8 ((lane / 8) % 2), column block lane / 16.
 struct HalfOps {
     typedef __half T;
+    typedef float Acc;
     static constexpr int kPad = 8;  // shared row padding, elements
 
     template <int DB, int LD, int MT, int NS>
@@ -787,6 +802,7 @@ struct HalfOps {
 // float32: m16n8k8 3xTF32, fragments by 32-bit shared loads, split on the fly.
 struct Tf32x3Ops {
     typedef float T;
+    typedef float Acc;
     static constexpr int kPad = 4;
 
     // d += a b to float accuracy from the big/small halves of both operands
@@ -856,6 +872,64 @@ struct Tf32x3Ops {
     }
 };
 
+
+// float64: m8n8k4 (DMMA), two per m16 tile (rows g and g + 8 of the accumulator layout), so the
+// block loop is the same; fragments by 8-byte shared loads.  P V permutes keys as Tf32x3Ops
+// does, one k4 step per parity: k = t <-> key 2t (then 2t + 1) of an n8 logit tile.
+struct DmmaOps {
+    typedef double T;
+    typedef double Acc;
+    static constexpr int kPad = 2;  // 16-byte rows; fragment reads at the 2-wavefront minimum
+
+    template <int DB, int LD, int MT, int NS>
+    static ATTN_DEV void qk(double (&s)[MT][NS][4], const double* sQ, const double* sK, int wrow,
+                            int lane)
+    {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll 4
+        for (int kk = 0; kk < DB / 4; ++kk) {
+            double at[MT], ab[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const double* qr = sQ + (wrow + mt * 16 + g) * LD + kk * 4 + t;
+                at[mt] = qr[0];
+                ab[mt] = qr[8 * LD];
+            }
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+                const double b = sK[(n * 8 + g) * LD + kk * 4 + t];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma884(s[mt][n][0], s[mt][n][1], at[mt], b);
+                    mma884(s[mt][n][2], s[mt][n][3], ab[mt], b);
+                }
+            }
+        }
+    }
+
+    template <int DB, int LD, int MT, int NS, int NO>
+    static ATTN_DEV void pv(double (&o)[MT][NO][4], const double (&p)[MT][NS][4], const double* sV,
+                            int lane)
+    {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int par = 0; par < 2; ++par) {
+                const double* vr = sV + (j * 8 + 2 * t + par) * LD + g;
+#pragma unroll
+                for (int n = 0; n < NO; ++n) {
+                    const double b = vr[n * 8];  // key 2t + par, column n*8 + g
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma884(o[mt][n][0], o[mt][n][1], p[mt][j][par], b);      // row g
+                        mma884(o[mt][n][2], o[mt][n][3], p[mt][j][2 + par], b);  // row g + 8
+                    }
+                }
+            }
+    }
+};
+
 }  // namespace attn
 
 // q, k, v, out float16; lse float32; otherwise as attention_fwd.
@@ -886,6 +960,22 @@ attention_fwd_tf32x3(const float* __restrict__ q, const float* __restrict__ k, c
                     long long bs0, long long bs1, long long bs2, long long bs3)
 {
     attn::tc_block<attn::Tf32x3Ops, DB, BM, BN>(
+        q, k, v, mask, bias, out, lse, Hq, Hkv, Lq, Lk, D, Dv, scale_log2, causal, has_mask, has_bias, has_lse,
+        ms0, ms1, ms2, ms3, bs0, bs1, bs2, bs3);
+}
+
+// q, k, v, out, lse float64; otherwise as attention_fwd.
+template <int DB, int BM, int BN>
+__global__ void __launch_bounds__(128, 1)
+attention_fwd_dmma(const double* __restrict__ q, const double* __restrict__ k, const double* __restrict__ v,
+                   const unsigned char* __restrict__ mask, const double* __restrict__ bias,
+                   double* __restrict__ out, double* __restrict__ lse,
+                   int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
+                   double scale_log2, int causal, int has_mask, int has_bias, int has_lse,
+                   long long ms0, long long ms1, long long ms2, long long ms3,
+                   long long bs0, long long bs1, long long bs2, long long bs3)
+{
+    attn::tc_block<attn::DmmaOps, DB, BM, BN>(
         q, k, v, mask, bias, out, lse, Hq, Hkv, Lq, Lk, D, Dv, scale_log2, causal, has_mask, has_bias, has_lse,
         ms0, ms1, ms2, ms3, bs0, bs1, bs2, bs3);
 }

@@ -132,15 +132,21 @@ def test_launch_config_is_consistent():
                                             + bm * (bn + ve) + bm)
             assert cfg.shared_mem <= 163 * 1024  # sm_80's opt-in limit
             assert cfg.grid == (6, -(-100 // bm), 1) and cfg.block == (128, 1, 1)
-            if dt != np.float16:
-                assert launch_config(dt, 2, 3, 100, D, D) == cfg  # "fma" is their default
+            if dt == np.float32 or (dt == np.float64 and D > 128):
+                assert launch_config(dt, 2, 3, 100, D, D) == cfg  # "fma" is the default there
 
 
 def test_launch_config_tensor_cores():
     for dt, kern, pad in ((np.float16, "attention_fwd_mma", 8),
-                          (np.float32, "attention_fwd_tf32x3", 4)):
+                          (np.float32, "attention_fwd_tf32x3", 4),
+                          (np.float64, "attention_fwd_dmma", 2)):
         item = np.dtype(dt).itemsize
         for D in (1, 31, 32, 33, 64, 100, 128, 129, 256):
+            if dt == np.float64 and D > 128:
+                with pytest.raises(ValueError, match="above 128"):
+                    launch_config(dt, 2, 3, 100, D, D, "mma")
+                assert launch_config(dt, 2, 3, 100, D, D).name.startswith("attention_fwd<")
+                continue
             cfg = launch_config(dt, 2, 3, 100, D, D, "mma")
             assert cfg.name == f"{kern}<{cfg.bucket}, {cfg.bm}, {cfg.bn}>"
             assert (cfg.bm, cfg.bn) == TILES_MMA[(item, cfg.bucket)] and cfg.bucket >= D
@@ -149,10 +155,8 @@ def test_launch_config_tensor_cores():
             assert cfg.shared_mem == item * (cfg.bm + 2 * cfg.bn) * (cfg.bucket + pad)
             assert cfg.shared_mem <= 163 * 1024
             assert cfg.grid == (6, -(-100 // cfg.bm), 1) and cfg.block == (128, 1, 1)
-            if dt == np.float16:
-                assert launch_config(dt, 2, 3, 100, D, D) == cfg  # the float16 default
-    with pytest.raises(ValueError, match="float64"):
-        launch_config(np.float64, 1, 1, 8, 64, 64, "mma")
+            if dt != np.float32:
+                assert launch_config(dt, 2, 3, 100, D, D) == cfg  # the default there
 
 
 @pytest.mark.parametrize("shapes", BUCKET_CASES, ids=["d19", "d40", "d65", "d200"])
@@ -166,6 +170,21 @@ def test_float16_flavours_agree(shapes):
     np.testing.assert_allclose(o_mma.astype(np.float32), o_fma.astype(np.float32),
                                rtol=0, atol=4e-3)
     np.testing.assert_allclose(l_mma, l_fma, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("shapes", BUCKET_CASES[:3], ids=["d19", "d40", "d65"])
+def test_float64_flavours(shapes):
+    """float64 on DMMA (the default up to D = 128) and on CUDA cores, each within the
+    float64 bound, causal + mask + bias; they agree to a few ulps."""
+    rng = np.random.default_rng(29)
+    q, k, v = make(*shapes, np.float64, rng)
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    kw = dict(causal=True, mask=rng.random((Lq, Lk)) > 0.25,
+              bias=rng.standard_normal((q.shape[-3], 1, Lk)))
+    o_mma, l_mma = _run(q, k, v, method="mma", **kw)
+    o_fma, l_fma = _run(q, k, v, method="fma", **kw)
+    np.testing.assert_allclose(o_mma, o_fma, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(l_mma, l_fma, rtol=1e-12, atol=1e-13)
 
 
 def tf32x3_bound(lowprec_err):
@@ -218,8 +237,9 @@ def test_float32_tensor_cores_extreme_logits():
 def test_flavour_errors():
     rng = np.random.default_rng(26)
     q, k, v = make((1, 1, 4, 8), (1, 1, 4, 8), (1, 1, 4, 8), np.float64, rng)
-    with pytest.raises(ValueError, match="float64"):
-        attention(q, k, v, backend="simt", method="mma")
+    qb, kb, vb = make((1, 1, 4, 130), (1, 1, 4, 130), (1, 1, 4, 130), np.float64, rng)
+    with pytest.raises(ValueError, match="above 128"):
+        attention(qb, kb, vb, backend="simt", method="mma")  # no float64 DMMA at D > 128
     for m in ("fma", "mma"):
         with pytest.raises(ValueError, match="CUDA kernel flavour"):
             attention(q.astype(np.float16), k.astype(np.float16), v.astype(np.float16),
@@ -250,14 +270,14 @@ def test_bench_sweep_tiles_are_correct():
         dt = np.dtype(dname)
         q, k, v = make((1, 2, 150, D), (1, 1, 170, D), (1, 1, 170, D), dt, rng)
         out = np.empty_like(q)
-        lse = np.empty((1, 2, 150), np.float32)
+        lse = np.empty((1, 2, 150), np.float64 if dt == np.float64 else np.float32)
         AL.launch_attention(lambda: mod, np, q, k, v, None, None, out, lse, 1 / math.sqrt(D),
                             True, "mma", tile)
         ro, rl = reference(q, k, v, causal=True)
         lo, ll = reference(q, k, v, causal=True, dtype=dt)
-        if dt == np.float16:
-            bound_o, bound_l = FLOOR[dt] + 2 * err(lo, ro), FLOOR[dt] + 2 * err(ll, rl)
-        else:
+        if dt == np.float32:
             bound_o, bound_l = tf32x3_bound(err(lo, ro)), tf32x3_bound(err(ll, rl))
+        else:
+            bound_o, bound_l = FLOOR[dt] + 2 * err(lo, ro), FLOOR[dt] + 2 * err(ll, rl)
         assert err(out, ro) <= bound_o, (dname, D, tile, err(out, ro))
         assert err(lse, rl) <= bound_l, (dname, D, tile, err(lse, rl))

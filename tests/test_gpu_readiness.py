@@ -79,7 +79,8 @@ def _template_dtype(name_expression):
     first = name_expression.split("<", 1)[1].split(",")[0].split(">")[0].strip()
     by_name = {v: k for k, v in _module.CTYPE.items()}
     if first.lstrip("-").isdigit():
-        fixed = {"attention_fwd_mma<": np.float16, "attention_fwd_tf32x3<": np.float32}
+        fixed = {"attention_fwd_mma<": np.float16, "attention_fwd_tf32x3<": np.float32,
+                 "attention_fwd_dmma<": np.float64}
         return next((np.dtype(d) for k, d in fixed.items() if name_expression.startswith(k)),
                     None)
     return np.dtype(by_name[first])

@@ -12,7 +12,8 @@ no longer be proven, a tensor-core product lowered to FMAs) fails here, not on t
   16-per-lane warp kernels), which a converged warp never runs;
 * the row kernels that stream long rows (block, online, split) load, and where they write a row
   store, with 16-byte instructions (LDG.E.128 / STG.E.128);
-* the tensor-core attention kernels issue HMMA (m16n8k16 half / m16n8k8 tf32), ldmatrix (LDSM,
+* the tensor-core attention kernels issue HMMA (m16n8k16 half / m16n8k8 tf32) or DMMA
+  (m8n8k4 double), ldmatrix (LDSM,
   plain and transposed, half) and cp.async (LDGSTS); the CUDA-core ones issue no HMMA and
   read shared memory with 16-byte loads (LDS.128).
 
@@ -121,6 +122,10 @@ def test_attention_instruction_selection(arch):
             assert ops["HMMA.16816.F32"] > 0, sorted(ops)
             assert ops["LDSM.16.M88.4"] > 0 and ops["LDSM.16.MT88.4"] > 0, sorted(ops)
             assert _has(ops, "LDGSTS") > 0, sorted(ops)
+        elif "attention_fwd_dmma" in mangled:
+            seen.add("dmma")
+            assert _has(ops, "DMMA") > 0, sorted(ops)  # "DMMA.884" (sm_80), "DMMA.8x8x4"
+            assert _has(ops, "LDGSTS") > 0, sorted(ops)
         elif "attention_fwd_tf32x3" in mangled:
             seen.add("tf32x3")
             assert ops["HMMA.1688.F32.TF32"] > 0, sorted(ops)
@@ -130,7 +135,7 @@ def test_attention_instruction_selection(arch):
             assert not _has(ops, "HMMA"), f"{mangled}: the CUDA-core kernel uses tensor cores"
             # both products read shared memory 16 bytes at a time
             assert ops["LDS.128"] > 0, f"{mangled}: no 16-byte shared loads: {sorted(ops)}"
-    assert seen == {"mma", "tf32x3", "fma"}
+    assert seen == {"mma", "tf32x3", "dmma", "fma"}
 
 
 def test_local_memory_rule_recognises_the_shuffle_fallback():

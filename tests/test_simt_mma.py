@@ -103,8 +103,18 @@ __global__ void mma_tile_tf32(const float* a, const float* b, const float* c, fl
     for (int e = 0; e < 4; ++e) d[(g + 8 * (e >> 1)) * 8 + 2 * t + (e & 1)] = acc[e];
     rounded[lane] = attn::to_tf32(a[lane]);
 }
+
+// d = a b + c for one m8n8k4 double tile (a 8x4, b 4x8, c and d 8x8 row-major)
+__global__ void mma_tile_f64(const double* a, const double* b, const double* c, double* d)
+{
+    const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+    double d0 = c[g * 8 + 2 * t], d1 = c[g * 8 + 2 * t + 1];
+    attn::mma884(d0, d1, a[g * 4 + t], b[t * 8 + g]);
+    d[g * 8 + 2 * t] = d0;
+    d[g * 8 + 2 * t + 1] = d1;
+}
 """
-NAMES = ["mma_tile_tf32<true>", "mma_tile_tf32<false>", "mma_tile<false>", "mma_tile<true>", "ldsm", "async_groups<0>", "async_groups<1>",
+NAMES = ["mma_tile_f64", "mma_tile_tf32<true>", "mma_tile_tf32<false>", "mma_tile<false>", "mma_tile<true>", "ldsm", "async_groups<0>", "async_groups<1>",
          "async_groups<2>"]
 
 
@@ -228,6 +238,14 @@ def test_mma_m16n8k8_tf32_matches_the_ptx_layout(dev, seed):
         dev.run(name, (1, 1, 1), (32, 1, 1),
                 tuple(dev.xp.asarray(x) for x in (a, b, c)) + (d, rounded))
         np.testing.assert_array_equal(dev.get(d), a.astype(np.float64) @ b + c)
+
+
+def test_mma_m8n8k4_f64_matches_the_ptx_layout(dev):
+    rng = np.random.default_rng(4)
+    a, b, c = rng.standard_normal((8, 4)), rng.standard_normal((4, 8)), rng.standard_normal((8, 8))
+    d = dev.xp.zeros((8, 8), np.float64)
+    dev.run("mma_tile_f64", (1, 1, 1), (32, 1, 1), tuple(dev.xp.asarray(x) for x in (a, b, c)) + (d,))
+    np.testing.assert_allclose(dev.get(d), a @ b + c, rtol=0, atol=1e-14)
 
 
 def test_tf32_rounding_and_products(dev):

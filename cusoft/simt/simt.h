@@ -678,6 +678,25 @@ inline void mma_m16n8k8_f32tf32(float (&d)[4], const unsigned (&a)[4], const uns
         }
 }
 
+// mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64: (d0, d1) = D[g][2t], D[g][2t+1] (8x8 double)
+// += a (8x4, lane (g, t) holds A[g][t]) b (4x8, lane (g, t) holds B[t][g]); fused multiply-adds
+// in k order.
+inline void mma_m8n8k4_f64(double& d0, double& d1, double a, double b, CUSOFT_SIMT_WHERE) {
+    using namespace detail;
+    const int lane = lane_id(), g = lane >> 2, t = lane & 3;
+    double arow[4], bcol[2][4];
+    for (int k = 0; k < 4; ++k) {
+        arow[k] = from_bits<double>(warp_op(OP_SHFL_IDX, 0xffffffffu, to_bits(a), 4 * g + k, 32, CUSOFT_SIMT_AT));
+        for (int c = 0; c < 2; ++c)
+            bcol[c][k] = from_bits<double>(
+                warp_op(OP_SHFL_IDX, 0xffffffffu, to_bits(b), 4 * (2 * t + c) + k, 32, CUSOFT_SIMT_AT));
+    }
+    for (int k = 0; k < 4; ++k) {
+        d0 = fma(arow[k], bcol[0][k], d0);
+        d1 = fma(arow[k], bcol[1][k], d1);
+    }
+}
+
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 matrices of 16-bit elements; lane
 // 8j + r gives the (16-byte aligned) address of row r of matrix j; lane (g, t) receives in r[j]
 // the pair M_j[g][2t..2t+1] (M_j[2t][g], M_j[2t+1][g] with trans).
