@@ -61,6 +61,11 @@ def main(small):
             attention(h, h, h, causal=True)
             attention(h, h, h, mask=cp.asarray(rng.random((150, 150)) > 0.3))
             attention(h, h, h, method="fma")
+            # float32 3xTF32 and float64 DMMA tensor-core kernels
+            f = h.astype(np.float32)
+            attention(f, f, f, causal=True, method="mma")
+            dd = h.astype(np.float64)
+            attention(dd, dd, dd, causal=True)
     except ImportError:
         pass
     cp.cuda.runtime.deviceSynchronize()
