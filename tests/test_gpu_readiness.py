@@ -258,7 +258,14 @@ class _AttnModule:
 @pytest.mark.parametrize("D", [16, 64, 100, 128, 256])
 @pytest.mark.parametrize("operands", [False, True])
 @pytest.mark.parametrize("lse", [False, True])
-def test_attention_launch_args_match_c(sigs, dtype, D, operands, lse):
+@pytest.mark.parametrize("method", [None, "fma", "mma"])
+def test_attention_launch_args_match_c(sigs, dtype, D, operands, lse, method):
+    """Every kernel flavour's launch (the default, CUDA cores, tensor cores) against its C
+    signature; float64 has no tensor-core kernel above D = 128."""
+    if method == "mma" and np.dtype(dtype) == np.float64 and D > 128:
+        with pytest.raises(ValueError, match="above 128"):
+            AL.launch_config(dtype, 1, 1, 8, D, D, method)
+        return
     B, Hq, Hkv, Lq, Lk = 2, 4, 2, 70, 33
     q = np.zeros((B, Hq, Lq, D), dtype)
     k = np.zeros((B, Hkv, Lk, D), dtype)
@@ -271,7 +278,7 @@ def test_attention_launch_args_match_c(sigs, dtype, D, operands, lse):
         mask = AL.Operand(np.ones((Lq, Lk), np.uint8), (0, 0, Lk, 1))
         bias = AL.Operand(np.zeros((B, 1, Lq, Lk), dtype), (Lq * Lk, 0, Lk, 1))
     mod = _AttnModule()
-    AL.launch_attention(lambda: mod, np, q, k, v, mask, bias, out, ls, 0.125, True)
+    AL.launch_attention(lambda: mod, np, q, k, v, mask, bias, out, ls, 0.125, True, method)
     (grid, block, args, shared, opted), = mod.calls
     _check_launch(sigs, mod.names[0], grid, block, args, shared, smem_limit=max(opted, DEFAULT_SMEM))
     # every instantiation's shared bytes fit an sm_80 block after the opt-in (163 KiB)
