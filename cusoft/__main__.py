@@ -54,6 +54,36 @@ def _print_kernels():
             for r in rows:
                 print(f"      {r['name'][:60]:60s} {r['registers']:5d} {r['spill_stores']:9d} "
                       f"{r['spill_loads']:9d} {r.get('shared', 0):6d}")
+    _print_device_kernels()
+
+
+def _print_device_kernels():
+    """Registers and local memory of every kernel as loaded on the present GPU (CuPy's own
+    NVRTC and driver), when there is one: the numbers the nvcc report above predicts."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            return
+        from . import _attention_launch as al
+        from ._cupy import _module
+
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    except Exception:  # no CuPy or no GPU: the nvcc report above is all there is
+        return
+    print(f"\non this GPU ({name}): {'kernel':50s} {'regs':>5s} {'local':>6s} {'max thr':>8s}")
+    modules = [(src, lambda s=src: _module.get_module(s), _module.name_expressions(src))
+               for src in _module.SOURCES]
+    modules.append(("attention.cu", al.cupy_module, al.all_kernel_names()))
+    for src, get, names in modules:
+        try:
+            mod = get()
+            for n in names:
+                a = mod.get_function(n).attributes
+                print(f"      {n[:60]:60s} {a['num_regs']:5d} {a['local_size_bytes']:6d} "
+                      f"{a['max_threads_per_block']:8d}")
+        except Exception as exc:  # a compile or load failure: report it, go on
+            print(f"      {src}: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

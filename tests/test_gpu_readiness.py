@@ -284,3 +284,40 @@ def test_attention_launch_args_match_c(sigs, dtype, D, operands, lse, method):
     # every instantiation's shared bytes fit an sm_80 block after the opt-in (163 KiB)
     assert shared <= 163 * 1024
     assert block == (AL.THREADS, 1, 1)
+
+
+def test_info_reports_every_kernel_as_loaded_on_a_gpu(monkeypatch, capsys):
+    """``python -m cusoft info --kernels`` on a GPU machine lists registers and local memory
+    of every kernel of every module as the driver loaded it; here CuPy's device queries and
+    the module loaders are stand-ins."""
+    cupy = pytest.importorskip("cupy")
+    from cusoft import __main__ as main
+
+    class _Fn:
+        attributes = {"num_regs": 40, "local_size_bytes": 0, "max_threads_per_block": 1024}
+
+    class _Mod:
+        def __init__(self):
+            self.asked = []
+
+        def get_function(self, name):
+            self.asked.append(name)
+            return _Fn()
+
+    mods = {}
+
+    def get_module(src):
+        return mods.setdefault(src, _Mod())
+
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceProperties",
+                        lambda i: {"name": b"Stand-in GPU"})
+    monkeypatch.setattr(_module, "get_module", get_module)
+    monkeypatch.setattr(AL, "cupy_module", lambda: get_module("attention.cu"))
+    main._print_device_kernels()
+    out = capsys.readouterr().out
+    assert "on this GPU (Stand-in GPU)" in out
+    for src in _module.SOURCES:
+        assert mods[src].asked == list(_module.name_expressions(src))
+    assert mods["attention.cu"].asked == AL.all_kernel_names()
+    assert out.count("   40      0     1024") == sum(len(m.asked) for m in mods.values())
