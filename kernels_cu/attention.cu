@@ -1,9 +1,12 @@
 // attention.cu - fused scaled-dot-product attention forward, softmax(Q Kᵀ * scale + bias) V.
 //
-// One kernel template, attention_fwd<T, DB, BM, BN>, instantiated per storage dtype T
-// (__half, float, double), head-dim bucket DB (32, 64, 128, 256: any runtime D, Dv <= DB
-// works) and tile shape (BM query rows x BN keys), chosen in cusoft/_attention_launch.py, the
-// one place that also computes the grid and the dynamic shared bytes.
+// Two families with one argument list, chosen in cusoft/_attention_launch.py (the one place
+// that also computes the grid and the dynamic shared bytes), each instantiated per head-dim
+// bucket DB (32, 64, 128, 256: any runtime D, Dv <= DB works) and tile shape (BM query rows x
+// BN keys):
+// * attention_fwd<T, DB, BM, BN>, CUDA cores, T = __half, float, double (this first part);
+// * the tensor-core kernels attention_fwd_mma (half), attention_fwd_tf32x3 (float, 3xTF32) and
+//   attention_fwd_dmma (double), sharing one block loop (the second part, below).
 //
 // Why this shape:
 // * A block owns BM query rows of one (batch, head); the Q tile is loaded once and stays in
@@ -20,8 +23,8 @@
 // * mask (uint8, non-zero = keep) and bias (T) are read through four element strides
 //   (batch, head, row, key); a broadcast axis has stride 0, so a [1, 1, Lq, Lk] bias is read
 //   from its own Lq x Lk memory by every head.
-// * FMA path only (no tensor cores), float16 converted to float32 on load; float32 and
-//   float64 accumulate in their own precision.
+// * CUDA-core FMAs, float16 converted to float32 on load; float32 and float64 accumulate in
+//   their own precision.
 // * Rows with every key masked keep m = -inf; the shift then uses 0 so -inf - -inf (NaN)
 //   never happens, their l stays 0, and they are written as zeros with lse = -inf.
 //
