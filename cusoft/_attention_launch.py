@@ -1,10 +1,11 @@
 """Launch of ``kernels_cu/attention.cu``: the one launch-configuration table, the module
 loaders (CuPy RawModule per device, simt module per process) and the argument marshalling.
 
-``launch_config`` is the single source of truth for the kernel variant (head-dim bucket and
-tile shape per dtype), the grid, the block and the dynamic shared bytes; the kernel derives
-its shared layout from the same template arguments (Q [BM][DB], K/V [BN][DB+VE],
-P [BM][BN+VE], alpha [BM], in the accumulation type, VE = 16 bytes of it).
+``launch_config`` is the single source of truth for the kernel variant (flavour, head-dim
+bucket and tile shape per dtype), the grid, the block and the dynamic shared bytes; the
+kernels derive their shared layouts from the same template arguments: CUDA cores Q [BM][DB],
+K/V [BN][DB+VE], P [BM][BN+VE], alpha [BM] in the accumulation type (VE = 16 bytes of it);
+tensor cores Q [BM], K [BN], V [BN] rows of DB + PAD_MMA in the storage type.
 """
 
 from __future__ import annotations
