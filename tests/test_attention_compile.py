@@ -115,5 +115,8 @@ def test_shared_bytes_fit_each_arch():
     for arch, limit in SMEM_LIMIT.items():
         for dt in (np.float16, np.float32, np.float64):
             for D in L.BUCKETS:
-                cfg = L.launch_config(dt, 1, 1, 1, D, D)
-                assert cfg.shared_mem <= limit, (arch, dt, D, cfg)
+                for method in (None, "fma", "mma"):
+                    if method == "mma" and not L.has_mma(dt, D):
+                        continue
+                    cfg = L.launch_config(dt, 1, 1, 1, D, D, method)
+                    assert cfg.shared_mem <= limit, (arch, dt, D, method, cfg)
