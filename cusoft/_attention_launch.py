@@ -36,12 +36,12 @@ MAX_HEAD_DIM = BUCKETS[-1]
 _MAX_GRID_Y = 65535
 
 #: tensor cores: (storage itemsize, bucket) -> (BM query rows, BN keys).  BM is 64 per m16
-#: tile per warp (4 warps); float16 (``attention_fwd_mma``) takes two m16 tiles per warp where
+#: tile per warp (4 warps); float16 (``attn::HalfOps``) takes two m16 tiles per warp where
 #: the accumulator is small (DB <= 64: 64 + 64 floats per lane); BN = 32 where the DB-wide
-#: accumulator is large.  float32 (``attention_fwd_tf32x3``) keeps one m16 tile per warp (its
+#: accumulator is large.  float32 (``attn::Tf32x3Ops``) keeps one m16 tile per warp (its
 #: operands are split in registers) and BN = 32 from DB = 128 on, which keeps its float tiles
 #: Q [BM], K [BN], V [BN] of DB + 4 under 136 KB.  float16 rows are DB + 8 halves.  float64
-#: (``attention_fwd_dmma``, DMMA m8n8k4) holds a double accumulator (2 registers per value),
+#: (``attn::DmmaOps``, DMMA m8n8k4) holds a double accumulator (2 registers per value),
 #: so BN = 32 from DB = 64 on and no DB = 256 variant (its 256 accumulator registers would
 #: not fit): float64 at D > 128 runs on CUDA cores.
 TILES_MMA = {
@@ -51,7 +51,8 @@ TILES_MMA = {
 }
 #: shared row padding of the tensor-core kernels, in elements
 PAD_MMA = {2: 8, 4: 4, 8: 2}
-_MMA_KERNEL = {2: "attention_fwd_mma", 4: "attention_fwd_tf32x3", 8: "attention_fwd_dmma"}
+#: the operand ops of ``attention_fwd_tc<Ops, DB, BM, BN>`` per storage itemsize
+MMA_OPS = {2: "attn::HalfOps", 4: "attn::Tf32x3Ops", 8: "attn::DmmaOps"}
 #: the kernel flavours of ``method=``: "fma" (CUDA cores, every dtype) and "mma" (tensor
 #: cores: float16; float32 as 3xTF32; float64 as DMMA up to D = 128); None picks "mma" for
 #: float16 and for float64 up to D = 128
@@ -104,7 +105,7 @@ def kernel_name(dtype, bucket, flav="fma", tile=None):
     (tile sweeps in bench/bench_attention.py; such names are not in the runtime module)."""
     bm, bn = tile if tile is not None else tiles(dtype, bucket, flav)
     if flav == "mma":
-        return f"{_MMA_KERNEL[np.dtype(dtype).itemsize]}<{bucket}, {bm}, {bn}>"
+        return f"attention_fwd_tc<{MMA_OPS[np.dtype(dtype).itemsize]}, {bucket}, {bm}, {bn}>"
     return f"attention_fwd<{_CTYPE[np.dtype(dtype)]}, {bucket}, {bm}, {bn}>"
 
 

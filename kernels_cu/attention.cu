@@ -5,8 +5,8 @@
 // bucket DB (32, 64, 128, 256: any runtime D, Dv <= DB works) and tile shape (BM query rows x
 // BN keys):
 // * attention_fwd<T, DB, BM, BN>, CUDA cores, T = __half, float, double (this first part);
-// * the tensor-core kernels attention_fwd_mma (half), attention_fwd_tf32x3 (float, 3xTF32) and
-//   attention_fwd_dmma (double), sharing one block loop (the second part, below).
+// * attention_fwd_tc<Ops, DB, BM, BN>, tensor cores, Ops = attn::HalfOps (mma.sync f16),
+//   attn::Tf32x3Ops (float, 3xTF32) or attn::DmmaOps (double) (the second part, below).
 //
 // Why this shape:
 // * A block owns BM query rows of one (batch, head); the Q tile is loaded once and stays in
@@ -316,11 +316,12 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
 
 // ---- tensor cores ----------------------------------------------------------------------------------
 //
-// Two kernels with the arguments of attention_fwd<T, ...> (T = __half, float) that run both
-// products on tensor cores, FlashAttention-2 style:
-// * attention_fwd_mma<DB, BM, BN> (float16): PTX mma.sync m16n8k16, half inputs, float
-//   accumulation.  P is rounded to half before P V (as FlashAttention does).
-// * attention_fwd_tf32x3<DB, BM, BN> (float32): mma.sync m16n8k8 on tf32 operands, each float
+// attention_fwd_tc<Ops, DB, BM, BN>: one kernel with the arguments of attention_fwd<T, ...>
+// that runs both products on tensor cores, FlashAttention-2 style; Ops picks the instructions:
+// * HalfOps (float16): PTX mma.sync m16n8k16, half inputs, float accumulation.  P is rounded
+//   to half before P V (as FlashAttention does).
+// * DmmaOps (float64): mma.sync m8n8k4 (DMMA), IEEE float64 fused multiply-adds.
+// * Tf32x3Ops (float32): mma.sync m16n8k8 on tf32 operands, each float
 //   x split as big = tf32(x) + small = tf32(x - big), a b ~ big·big + big·small + small·big
 //   (the dropped small·small is ~2^-22 of a b): float32 accuracy at tensor-core speed (the
 //   "3xTF32" of CUTLASS, which PyTorch's float32 SDPA also uses on sm_80+).
@@ -627,11 +628,15 @@ ATTN_DEV void write_rows(const Acc (&o)[MT][NO][4], const Acc (&m_run)[MT][2],
         }
 }
 
-// The block loop both tensor-core kernels share: tiles, pipeline, masking, softmax, epilogue.
-// Ops supplies the element type, the shared row stride, and the two products (qk: S += Q Kᵀ of
-// one key tile; pv: O += P V).
+}  // namespace attn (reopened below for the operand ops)
+
+// The one tensor-core kernel: tiles, pipeline, masking, softmax, epilogue.  Ops supplies the
+// storage and accumulation types, the shared row padding and the two products (qk: S += Q Kᵀ
+// of one key tile; pv: O += P V): attn::HalfOps (float16, lse float32), attn::Tf32x3Ops
+// (float32) or attn::DmmaOps (float64).  Arguments as attention_fwd.
 template <class Ops, int DB, int BM, int BN>
-ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops::T* __restrict__ k,
+__global__ void __launch_bounds__(128, 1)
+attention_fwd_tc(const typename Ops::T* __restrict__ q, const typename Ops::T* __restrict__ k,
                        const typename Ops::T* __restrict__ v, const unsigned char* __restrict__ mask,
                        const typename Ops::T* __restrict__ bias, typename Ops::T* __restrict__ out,
                        typename Ops::Acc* __restrict__ lse, int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
@@ -639,6 +644,7 @@ ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops
                        long long ms0, long long ms1, long long ms2, long long ms3,
                        long long bs0, long long bs1, long long bs2, long long bs3)
 {
+    using namespace attn;
     typedef typename Ops::T T;
     typedef typename Ops::Acc Acc;
     constexpr int NW = kThreads / 32;
@@ -739,6 +745,8 @@ ATTN_DEV void tc_block(const typename Ops::T* __restrict__ q, const typename Ops
     cp_async_wait<0>();  // kend == 0: Q was never waited for
     write_rows<T, Acc, MT, NO>(o, m_run, l_run, out, lse, bh, i0, Lq, Dv, has_lse, wrow, g, t);
 }
+
+namespace attn {
 
 // float16: m16n8k16, fragments by ldmatrix.  Q row lane % 16, column block lane / 16; K
 // (B operand, n-major) row lane % 8 + 8 (lane / 16), column block (lane / 8) % 2; V (B operand,
@@ -934,51 +942,3 @@ struct DmmaOps {
 };
 
 }  // namespace attn
-
-// q, k, v, out float16; lse float32; otherwise as attention_fwd.
-template <int DB, int BM, int BN>
-__global__ void __launch_bounds__(128, 1)
-attention_fwd_mma(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
-                 const unsigned char* __restrict__ mask, const __half* __restrict__ bias,
-                 __half* __restrict__ out, float* __restrict__ lse,
-                 int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
-                 float scale_log2, int causal, int has_mask, int has_bias, int has_lse,
-                 long long ms0, long long ms1, long long ms2, long long ms3,
-                 long long bs0, long long bs1, long long bs2, long long bs3)
-{
-    attn::tc_block<attn::HalfOps, DB, BM, BN>(
-        q, k, v, mask, bias, out, lse, Hq, Hkv, Lq, Lk, D, Dv, scale_log2, causal, has_mask, has_bias, has_lse,
-        ms0, ms1, ms2, ms3, bs0, bs1, bs2, bs3);
-}
-
-// q, k, v, out, lse float32; otherwise as attention_fwd.
-template <int DB, int BM, int BN>
-__global__ void __launch_bounds__(128, 1)
-attention_fwd_tf32x3(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                    const unsigned char* __restrict__ mask, const float* __restrict__ bias,
-                    float* __restrict__ out, float* __restrict__ lse,
-                    int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
-                    float scale_log2, int causal, int has_mask, int has_bias, int has_lse,
-                    long long ms0, long long ms1, long long ms2, long long ms3,
-                    long long bs0, long long bs1, long long bs2, long long bs3)
-{
-    attn::tc_block<attn::Tf32x3Ops, DB, BM, BN>(
-        q, k, v, mask, bias, out, lse, Hq, Hkv, Lq, Lk, D, Dv, scale_log2, causal, has_mask, has_bias, has_lse,
-        ms0, ms1, ms2, ms3, bs0, bs1, bs2, bs3);
-}
-
-// q, k, v, out, lse float64; otherwise as attention_fwd.
-template <int DB, int BM, int BN>
-__global__ void __launch_bounds__(128, 1)
-attention_fwd_dmma(const double* __restrict__ q, const double* __restrict__ k, const double* __restrict__ v,
-                   const unsigned char* __restrict__ mask, const double* __restrict__ bias,
-                   double* __restrict__ out, double* __restrict__ lse,
-                   int Hq, int Hkv, int Lq, int Lk, int D, int Dv,
-                   double scale_log2, int causal, int has_mask, int has_bias, int has_lse,
-                   long long ms0, long long ms1, long long ms2, long long ms3,
-                   long long bs0, long long bs1, long long bs2, long long bs3)
-{
-    attn::tc_block<attn::DmmaOps, DB, BM, BN>(
-        q, k, v, mask, bias, out, lse, Hq, Hkv, Lq, Lk, D, Dv, scale_log2, causal, has_mask, has_bias, has_lse,
-        ms0, ms1, ms2, ms3, bs0, bs1, bs2, bs3);
-}

@@ -137,9 +137,9 @@ def test_launch_config_is_consistent():
 
 
 def test_launch_config_tensor_cores():
-    for dt, kern, pad in ((np.float16, "attention_fwd_mma", 8),
-                          (np.float32, "attention_fwd_tf32x3", 4),
-                          (np.float64, "attention_fwd_dmma", 2)):
+    for dt, ops, pad in ((np.float16, "attn::HalfOps", 8),
+                         (np.float32, "attn::Tf32x3Ops", 4),
+                         (np.float64, "attn::DmmaOps", 2)):
         item = np.dtype(dt).itemsize
         for D in (1, 31, 32, 33, 64, 100, 128, 129, 256):
             if dt == np.float64 and D > 128:
@@ -148,7 +148,7 @@ def test_launch_config_tensor_cores():
                 assert launch_config(dt, 2, 3, 100, D, D).name.startswith("attention_fwd<")
                 continue
             cfg = launch_config(dt, 2, 3, 100, D, D, "mma")
-            assert cfg.name == f"{kern}<{cfg.bucket}, {cfg.bm}, {cfg.bn}>"
+            assert cfg.name == f"attention_fwd_tc<{ops}, {cfg.bucket}, {cfg.bm}, {cfg.bn}>"
             assert (cfg.bm, cfg.bn) == TILES_MMA[(item, cfg.bucket)] and cfg.bucket >= D
             # 4 warps of 16-row mma tiles, 16-key steps; rows padded
             assert cfg.bm % 64 == 0 and cfg.bn % 16 == 0

@@ -65,8 +65,7 @@ def _ctype_dtype(decl, T):
     ptr = "*" in d
     base = " ".join(d.replace("*", " ").split()[:-1])   # drop the parameter name
     table = {"T": T, "acc_t<T>": acc, "typename attn::AccOf<T>::type": acc,
-             "__half": np.dtype(np.float16), "float": np.dtype(np.float32),
-             "double": np.dtype(np.float64),
+             "typename Ops::T": T, "typename Ops::Acc": acc,
              "int": np.dtype(np.int32), "i64": np.dtype(np.int64),
              "long long": np.dtype(np.int64), "unsigned char": np.dtype(np.uint8)}
     assert base in table, f"unknown C type {base!r} in {decl!r}"
@@ -74,16 +73,12 @@ def _ctype_dtype(decl, T):
 
 
 def _template_dtype(name_expression):
-    """The storage type T of a kernel templated on it; kernels for one fixed type (the
-    tensor-core attention) start with an int parameter and spell their types out."""
+    """The storage type T of a kernel templated on it (the tensor-core attention is templated
+    on its operand ops, whose T is the storage type)."""
     first = name_expression.split("<", 1)[1].split(",")[0].split(">")[0].strip()
     by_name = {v: k for k, v in _module.CTYPE.items()}
-    if first.lstrip("-").isdigit():
-        fixed = {"attention_fwd_mma<": np.float16, "attention_fwd_tf32x3<": np.float32,
-                 "attention_fwd_dmma<": np.float64}
-        return next((np.dtype(d) for k, d in fixed.items() if name_expression.startswith(k)),
-                    None)
-    return np.dtype(by_name[first])
+    by_ops = {v: np.dtype(f"f{k}") for k, v in AL.MMA_OPS.items()}
+    return by_ops[first] if first in by_ops else np.dtype(by_name[first])
 
 
 def _check_launch(sigs, kernel, grid, block, args, shared, smem_limit=DEFAULT_SMEM):

@@ -117,16 +117,16 @@ def test_attention_instruction_selection(arch):
     for mangled, insns in sass.items():
         ops = _counts(insns)
         assert not _has(ops, "LDL") and not _has(ops, "STL"), f"{mangled} uses local memory"
-        if "attention_fwd_mma" in mangled:
+        if "HalfOps" in mangled:
             seen.add("mma")
             assert ops["HMMA.16816.F32"] > 0, sorted(ops)
             assert ops["LDSM.16.M88.4"] > 0 and ops["LDSM.16.MT88.4"] > 0, sorted(ops)
             assert _has(ops, "LDGSTS") > 0, sorted(ops)
-        elif "attention_fwd_dmma" in mangled:
+        elif "DmmaOps" in mangled:
             seen.add("dmma")
             assert _has(ops, "DMMA") > 0, sorted(ops)  # "DMMA.884" (sm_80), "DMMA.8x8x4"
             assert _has(ops, "LDGSTS") > 0, sorted(ops)
-        elif "attention_fwd_tf32x3" in mangled:
+        elif "Tf32x3Ops" in mangled:
             seen.add("tf32x3")
             assert ops["HMMA.1688.F32.TF32"] > 0, sorted(ops)
             assert _has(ops, "LDGSTS") > 0, sorted(ops)

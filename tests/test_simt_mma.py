@@ -272,7 +272,7 @@ def test_planted_fragment_mistake_gives_a_wrong_product(dev):
 
 @pytest.mark.parametrize("pattern", ["attention-q", "attention-k", "attention-v"])
 def test_ldmatrix_x4_and_trans_match_the_ptx_layout(dev, pattern):
-    # the three address patterns attention_fwd_mma uses, on a padded 32 x 40 tile (ld 48)
+    # the three address patterns the float16 tensor-core attention uses, on a padded 32 x 40 tile (ld 48)
     r0, c0 = {"attention-q": ([0, 8, 0, 8], [16, 16, 24, 24]),
               "attention-k": ([16, 16, 24, 24], [0, 8, 0, 8]),
               "attention-v": ([8, 16, 8, 16], [24, 24, 32, 32])}[pattern]
