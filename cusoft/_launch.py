@@ -152,6 +152,30 @@ def _col_shape(n, inner, state_bytes, threads):
     return bx, by, bx * by * state_bytes + 16
 
 
+def _row_variant(inner, n, rows, limits, variant, allowed, warp_max, fallback="block",
+                 warp_caches_row=True):
+    """The one variant rule of every row op: an explicit ``variant`` is checked against
+    ``allowed``; otherwise the column layout when inner > 1, warp-per-row up to ``warp_max``,
+    split for long rows that would leave SMs idle, else ``fallback``.  Row variants need
+    inner == 1 (3pass takes any layout); warp kernels that keep the row in registers
+    (``warp_caches_row``) take n <= warp_max only."""
+    _check_variant(variant, allowed)
+    if variant is None:
+        if inner > 1:
+            variant = "col"
+        elif n <= warp_max:
+            variant = "warp"
+        elif n >= SPLIT_MIN_N and rows < 2 * limits.sm_count:
+            variant = "split"
+        else:
+            variant = fallback
+    if inner > 1 and variant not in ("col", "3pass"):
+        raise ValueError(f"variant {variant!r} needs the row layout (inner == 1), got inner={inner}")
+    if warp_caches_row and variant == "warp" and n > warp_max:
+        raise ValueError(f"variant 'warp' handles n <= {warp_max}, got n={n}")
+    return variant
+
+
 def launch_softmax(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=None,
                    threads=None, chunk_len=None):
     """Plan for softmax (log=False) or log_softmax (log=True) of x (outer, n, inner) -> y."""
@@ -164,19 +188,8 @@ def launch_softmax(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=N
         return Plan("empty", ())
     cap = _grid_cap(limits)
     row_bytes = n * dtype.itemsize + SCRATCH_BYTES
-    if variant is None:
-        if inner > 1:
-            variant = "col"
-        elif n <= WARP_MAX_N:
-            variant = "warp"
-        elif n >= SPLIT_MIN_N and rows < 2 * limits.sm_count:
-            variant = "split"
-        elif row_bytes <= limits.smem_per_block:
-            variant = "block"
-        else:
-            variant = "online"
-    if inner > 1 and variant not in ("col", "3pass"):
-        raise ValueError(f"variant {variant!r} needs the row layout (inner == 1), got inner={inner}")
+    variant = _row_variant(inner, n, rows, limits, variant, SOFTMAX_VARIANTS, WARP_MAX_N,
+                           fallback="block" if row_bytes <= limits.smem_per_block else "online")
     if variant != "col":
         _check_threads(threads, 256 if variant in ("warp", "3pass") else MAX_BLOCK, variant)
 
@@ -203,8 +216,6 @@ def launch_softmax(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=N
                                      ("x", "y", _i64(outer), _i64(n), _i64(inner))),))
 
     if variant == "warp":
-        if n > WARP_MAX_N:
-            raise ValueError(f"variant 'warp' handles n <= {WARP_MAX_N}, got n={n}")
         k = next(k for k in WARP_K if 32 * k >= n)
         t = threads or WARP_BLOCK
         return Plan(variant, (Launch(kname("softmax_fwd_warp", dtype, log, k),
@@ -236,23 +247,6 @@ def launch_softmax(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=N
     ), {"ws": (2 * rows * chunks, acc)})
 
 
-def _reduce_variant(outer, n, inner, limits, variant):
-    _check_variant(variant, REDUCE_VARIANTS)
-    rows = outer * inner
-    if variant is None:
-        if inner > 1:
-            variant = "col"
-        elif n <= REDUCE_WARP_MAX_N:
-            variant = "warp"
-        elif n >= SPLIT_MIN_N and rows < 2 * limits.sm_count:
-            variant = "split"
-        else:
-            variant = "block"
-    if inner > 1 and variant != "col":
-        raise ValueError(f"variant {variant!r} needs the row layout (inner == 1), got inner={inner}")
-    return variant
-
-
 def _reduce_plan(op, outer, n, inner, dtype, limits, variant, threads, chunk_len, out_args):
     dtype = numpy.dtype(dtype)
     acc = acc_dtype(dtype)
@@ -261,7 +255,9 @@ def _reduce_plan(op, outer, n, inner, dtype, limits, variant, threads, chunk_len
         return Plan("empty", ())
     if n == 0:
         return Plan("empty-rows", ())   # the backend fills the SciPy values for n == 0
-    variant = _reduce_variant(outer, n, inner, limits, variant)
+    # the reduce warp kernels stride over any row length: REDUCE_WARP_MAX_N is only the choice
+    variant = _row_variant(inner, n, rows, limits, variant, REDUCE_VARIANTS, REDUCE_WARP_MAX_N,
+                           warp_caches_row=False)
     if variant != "col":
         _check_threads(threads, 256 if variant == "warp" else MAX_BLOCK, variant)
     cap = _grid_cap(limits)
@@ -309,24 +305,6 @@ def launch_partial(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, 
                         ("m", "c", "r"))
 
 
-def _row_variant(inner, n, rows, limits, variant, allowed, warp_max, split=False):
-    _check_variant(variant, allowed)
-    if variant is None:
-        if inner > 1:
-            variant = "col"
-        elif n <= warp_max:
-            variant = "warp"
-        elif split and n >= SPLIT_MIN_N and rows < 2 * limits.sm_count:
-            variant = "split"
-        else:
-            variant = "block"
-    if inner > 1 and variant != "col":
-        raise ValueError(f"variant {variant!r} needs the row layout (inner == 1), got inner={inner}")
-    if variant == "warp" and n > warp_max:
-        raise ValueError(f"variant 'warp' handles n <= {warp_max}, got n={n}")
-    return variant
-
-
 def launch_backward(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=None,
                     threads=None, chunk_len=None):
     """Plan for the softmax (log=False) or log_softmax (log=True) gradient.  Arrays: y, dy,
@@ -337,8 +315,7 @@ def launch_backward(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=
     rows = outer * inner
     if rows == 0 or n == 0:
         return Plan("empty", ())
-    variant = _row_variant(inner, n, rows, limits, variant, BACKWARD_VARIANTS, BWD_WARP_MAX_N,
-                           split=True)
+    variant = _row_variant(inner, n, rows, limits, variant, BACKWARD_VARIANTS, BWD_WARP_MAX_N)
     if variant != "col":
         _check_threads(threads, 256 if variant == "warp" else MAX_BLOCK, variant)
     cap = _grid_cap(limits)
@@ -388,8 +365,7 @@ def launch_xent(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, thr
         return Plan("empty", ())
     if n == 0:
         return Plan("empty-rows", ())   # the backend writes loss 0
-    variant = _row_variant(inner, n, rows, limits, variant, XENT_VARIANTS, XENT_WARP_MAX_N,
-                           split=True)
+    variant = _row_variant(inner, n, rows, limits, variant, XENT_VARIANTS, XENT_WARP_MAX_N)
     if variant != "col":
         _check_threads(threads, 256 if variant == "warp" else MAX_BLOCK, variant)
     cap = _grid_cap(limits)
