@@ -83,7 +83,9 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     A query row whose keys are all masked (by ``mask``, ``causal``, ``-inf`` bias or
     ``Lk == 0``) gives a zero output row and ``lse = -inf``, never NaN (PyTorch's current
     rule for its fused kernels).  Float16 is accumulated in float32.  NaN in the inputs
-    propagates; a ``+inf`` bias gives NaN.  The inputs are never modified.
+    propagates to exactly the rows whose logits it reaches (out and lse NaN there, as SciPy's
+    softmax and logsumexp give; a NaN key that ``causal`` or ``mask`` hides reaches nothing);
+    a ``+inf`` bias gives NaN.  The inputs are never modified.
     """
     fname = "attention"
     if method not in _METHODS:
@@ -204,7 +206,7 @@ def merge_attention(*parts):
         total = ws[0]
         for w in ws[1:]:
             total = total + w
-        seen = total > 0
+        seen = total != 0  # NaN propagates
         safe = xp.where(seen, total, 1)
         acc = 0
         for w, o in zip(ws, outs):

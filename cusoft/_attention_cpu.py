@@ -62,7 +62,7 @@ class _OnlineRows:
     def finish(self):
         """``(out, lse)``: acc / l, and m + log(l); a row with l == 0 gives 0 and -inf."""
         xp = self.xp
-        seen = self.l > 0
+        seen = self.l != 0  # 0: every key masked; NaN (a NaN logit) propagates
         inv = xp.where(seen, 1 / xp.where(seen, self.l, 1), 0)
         out = self.acc * inv[..., None]
         lse = xp.where(seen, self.m + xp.log(xp.where(seen, self.l, 1)), -np.inf)
@@ -148,7 +148,7 @@ def attention_naive(xp, q, k, v, mask, bias, out, lse, scale, causal):
         shift = xp.where(m == -np.inf, 0, m)
         p = xp.exp(s - shift[..., None])
         l = p.sum(axis=-1)
-        seen = l > 0
+        seen = l != 0
         safe = xp.where(seen, l, 1)
         o = (p @ v5) * xp.where(seen, 1 / safe, 0)[..., None]
         ls = xp.where(seen, m + xp.log(safe), -np.inf)

@@ -292,7 +292,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
 
     __syncthreads();
     if (tid < BM) {
-        const bool seen = l_run > A(0);
+        const bool seen = l_run != A(0);  // NaN (a NaN logit) is seen: NaN out
         sAlpha[tid] = seen ? A(1) / l_run : A(0);
         if (has_lse && i0 + tid < Lq) {
             lse[static_cast<long long>(bh) * Lq + i0 + tid] =
@@ -609,7 +609,7 @@ ATTN_DEV void write_rows(const Acc (&o)[MT][NO][4], const Acc (&m_run)[MT][2],
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             const int r = wrow + mt * 16 + g + 8 * hr;
             if (i0 + r >= Lq) continue;
-            const bool seen = l > Acc(0);
+            const bool seen = l != Acc(0);  // 0 only when every key was masked; NaN is seen
             const Acc inv = seen ? Acc(1) / l : Acc(0);
             if (has_lse && t == 0)
                 lse[static_cast<long long>(bh) * Lq + i0 + r] =

@@ -248,6 +248,35 @@ def test_merge_two_chunks_equals_full(dtype):
     assert err(so, parts[0][0]) <= tol
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_reaches_exactly_the_rows_that_see_it(dtype, tiles):
+    """A NaN in q poisons its row (out and lse NaN, as SciPy's softmax/logsumexp give); a NaN
+    key poisons the rows that see it and no other (causal hides it from the earlier rows);
+    the other rows are unchanged, also after splitting the keys and merging."""
+    rng = np.random.default_rng(17)
+    q, k, v = make((1, 2, 9, 8), (1, 1, 13, 8), (1, 1, 13, 8), dtype, rng)
+    clean, clean_lse = attention(q, k, v, causal=True, return_lse=True)
+    qn = q.copy()
+    qn[0, 1, 2, 0] = np.nan
+    kn = k.copy()
+    kn[0, 0, 8, 3] = np.nan  # row i sees key 8 when 8 <= i + (13 - 9)
+    for args, rows in (((qn, k, v), (slice(1, 2), slice(2, 3))),
+                       ((q, kn, v), (slice(None), slice(4, None)))):
+        out, lse = attention(*args, causal=True, return_lse=True)
+        bad = np.zeros(lse.shape, bool)
+        bad[(0,) + rows] = True
+        assert np.isnan(out[bad]).all() and np.isnan(lse[bad]).all()
+        assert np.array_equal(out[~bad], clean[~bad])
+        assert np.array_equal(lse[~bad], clean_lse[~bad])
+        qq, kk, vv = args
+        parts = [attention(qq, kk[..., sl, :], vv[..., sl, :], return_lse=True)
+                 for sl in (slice(0, 6), slice(6, 13))]
+        mo, ml = merge_attention(*parts)
+        full_o, full_l = attention(qq, kk, vv, return_lse=True)
+        assert np.array_equal(np.isnan(ml), np.isnan(full_l))
+        assert np.array_equal(np.isnan(mo), np.isnan(full_o))
+
+
 def test_merge_bad_input():
     with pytest.raises(TypeError, match="at least one"):
         merge_attention()

@@ -51,7 +51,15 @@ SCRIPT = textwrap.dedent("""
              for s in (slice(0, 4), slice(4, 10))]
     mo, ml = merge_attention(*parts)
     assert np.abs(mo - full[0]).max() < 1e-5 and np.abs(ml - full[1]).max() < 1e-5
-    print("numba attention cases passed:", n + 4)
+    kn = k.copy()
+    kn[0, 1, 7, 2] = np.nan  # causal: rows 3.. of head 1 see key 7 (offset 4)
+    out, lse = attention(q, kn, v, causal=True, return_lse=True, backend="numba")
+    clean = attention(q, k, v, causal=True, return_lse=True, backend="numba")
+    bad = np.zeros(lse.shape, bool)
+    bad[0, 1, 3:] = True
+    assert np.isnan(out[bad]).all() and np.isnan(lse[bad]).all()
+    assert np.array_equal(out[~bad], clean[0][~bad]) and np.array_equal(lse[~bad], clean[1][~bad])
+    print("numba attention cases passed:", n + 5)
 """)
 
 

@@ -164,7 +164,7 @@ def _kernel(key):
 
         cuda.syncthreads()
         if tid < BM:
-            seen = l_run > 0
+            seen = l_run != 0  # NaN propagates
             sm[OFF_A + tid] = acc(1) / l_run if seen else acc(0)
             if i0 + tid < Lq:
                 lse[bh * Lq + i0 + tid] = m_run + math.log(l_run) if seen else acc(NEG)
