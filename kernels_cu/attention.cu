@@ -87,7 +87,10 @@ template <> ATTN_DEV float neg_inf<float>() { return -__builtin_huge_valf(); }
 template <> ATTN_DEV double neg_inf<double>() { return -__builtin_huge_val(); }
 #endif
 
-template <typename A> ATTN_DEV A amax(A a, A b) { return a > b ? a : b; }
+// NaN-ignoring maximum (one FMNMX for float); a NaN logit still reaches its row's output
+// through exp2(NaN - shift) in the sum
+ATTN_DEV float amax(float a, float b) { return fmaxf(a, b); }
+ATTN_DEV double amax(double a, double b) { return fmax(a, b); }
 
 // 16 bytes of A from shared memory (16-byte aligned): 4 floats or 2 doubles
 template <typename A> struct Vec16;
@@ -491,7 +494,12 @@ ATTN_DEV void load_tile(T* dst, const T* src, int valid, int ncols, int tid)
     const bool vec = (ncols % V) == 0 &&
         (reinterpret_cast<unsigned long long>(src) & 15ull) == 0;
     if (vec) {
-        for (int idx = tid; idx < NROWS * CH; idx += NT) {
+        // a compile-time trip count (tid < NT): straight-line copies, no remainder loop
+        constexpr int ITERS = (NROWS * CH + NT - 1) / NT;
+#pragma unroll 4
+        for (int it = 0; it < ITERS; ++it) {
+            const int idx = tid + it * NT;
+            if ((NROWS * CH) % NT != 0 && idx >= NROWS * CH) break;
             const int r = idx / CH, c = (idx - r * CH) * V;
             const bool ok = r < valid && c < ncols;
             cp_async16(dst + r * LD + c, ok ? src + static_cast<long long>(r) * ncols + c : src, ok);
@@ -521,51 +529,74 @@ struct TcTile {
     Acc scale_log2;
 };
 
-// Scales the logits of the (MT x 16) x (NS x 8) accumulator tile to the log2 domain and masks
-// them (masked -> -inf); `plain` tiles (nothing masked, no bias) only scale.
+// Masks the logits of a non-plain (MT x 16) x (NS x 8) accumulator tile and takes them to the
+// log2 domain (masked -> -inf, bias added after the scale).  Plain tiles (every key valid,
+// nothing masked, no bias, scale > 0) are left raw: online_softmax scales them inside its
+// exp2 argument.  The index-only rule (ragged edges, causal diagonal) and the loads of mask
+// and bias are separate passes, so a tile without mask or bias runs no loads or 64-bit
+// address arithmetic.
 template <typename T, typename Acc, int MT, int NS>
-ATTN_DEV void scale_and_mask(Acc (&s)[MT][NS][4], const TcTile<T, Acc>& tl, int wrow, int g, int t,
-                             bool plain)
+ATTN_DEV void scale_and_mask(Acc (&s)[MT][NS][4], const TcTile<T, Acc>& tl, int wrow, int g, int t)
 {
     const Acc log2e = Acc(1.4426950408889634);
+    const Acc ninf = neg_inf<Acc>();
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int n = 0; n < NS; ++n)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                Acc val = s[mt][n][e] * tl.scale_log2;
-                if (!plain) {
-                    const int qi = tl.i0 + wrow + mt * 16 + g + 8 * (e >> 1);
-                    const int kj = tl.n0 + n * 8 + 2 * t + (e & 1);
-                    bool keep = qi < tl.Lq && kj < tl.kend && (!tl.causal || kj <= qi + tl.offset);
-                    if (keep && tl.has_mask) keep = tl.mp[qi * tl.ms2 + kj * tl.ms3] != 0;
-                    if (keep && tl.has_bias) val += to_acc(tl.bp[qi * tl.bs2 + kj * tl.bs3]) * log2e;
-                    val = keep ? val : neg_inf<Acc>();
-                }
-                s[mt][n][e] = val;
+                const int qi = tl.i0 + wrow + mt * 16 + g + 8 * (e >> 1);
+                const int kj = tl.n0 + n * 8 + 2 * t + (e & 1);
+                const bool keep = qi < tl.Lq && kj < tl.kend && (!tl.causal || kj <= qi + tl.offset);
+                s[mt][n][e] = keep ? s[mt][n][e] * tl.scale_log2 : ninf;
             }
+    if (!tl.has_mask && !tl.has_bias) return;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int qi = tl.i0 + wrow + mt * 16 + g + 8 * hr;
+            if (qi >= tl.Lq) continue;  // already -inf
+            const unsigned char* mrow = tl.mp + qi * tl.ms2;
+            const T* brow = tl.bp + qi * tl.bs2;
+#pragma unroll
+            for (int n = 0; n < NS; ++n)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    Acc& val = s[mt][n][2 * hr + c];
+                    const int kj = tl.n0 + n * 8 + 2 * t + c;
+                    if (kj >= tl.kend || (tl.causal && kj > qi + tl.offset)) continue;  // -inf
+                    if (tl.has_mask && mrow[kj * tl.ms3] == 0) val = ninf;
+                    else if (tl.has_bias) val += to_acc(brow[kj * tl.bs3]) * log2e;
+                }
+        }
 }
 
 // The online softmax step of one logit tile: row max over the quad, rescale of the running sum
-// and of the output accumulator, s <- exp2(s - shift).  Rows g (e = 0, 1), g + 8 (e = 2, 3).
+// and of the output accumulator, s <- exp2(mul * s - shift).  Rows g (e = 0, 1), g + 8
+// (e = 2, 3).  mul > 0 takes raw logits to the log2 domain (scale * log2 e; plain tiles) or
+// is 1 (tiles scale_and_mask took there): the maximum commutes with a positive multiplier
+// (rounding is monotone), and the scale rides in the exp2 argument as one fused multiply-add.
 template <typename Acc, int MT, int NS, int NO>
 ATTN_DEV void online_softmax(Acc (&s)[MT][NS][4], Acc (&o)[MT][NO][4], Acc (&m_run)[MT][2],
-                             Acc (&l_run)[MT][2])
+                             Acc (&l_run)[MT][2], Acc mul)
 {
     const Acc ninf = neg_inf<Acc>();
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
-            Acc mx = m_run[mt][hr];
+            Acc mx = s[mt][0][2 * hr];
+            mx = amax(mx, s[mt][0][2 * hr + 1]);
 #pragma unroll
-            for (int n = 0; n < NS; ++n) {
+            for (int n = 1; n < NS; ++n) {
                 mx = amax(mx, s[mt][n][2 * hr]);
                 mx = amax(mx, s[mt][n][2 * hr + 1]);
             }
             mx = amax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = amax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mx = amax(m_run[mt][hr], mx * mul);
             // a row that has seen only masked keys shifts by 0: exp2(-inf - 0) = 0, no NaN
             const Acc shift = mx == ninf ? Acc(0) : mx;
             const Acc alpha = fexp2(m_run[mt][hr] - shift);
@@ -574,7 +605,7 @@ ATTN_DEV void online_softmax(Acc (&s)[MT][NS][4], Acc (&o)[MT][NO][4], Acc (&m_r
             for (int n = 0; n < NS; ++n)
 #pragma unroll
                 for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                    const Acc p = fexp2(s[mt][n][e] - shift);
+                    const Acc p = fexp2(fma(s[mt][n][e], mul, -shift));
                     s[mt][n][e] = p;
                     sum += p;
                 }
@@ -730,9 +761,9 @@ attention_fwd_tc(const typename Ops::T* __restrict__ q, const typename Ops::T* _
         Ops::template qk<DB, LD, MT, NS>(s, sQ, sK, wrow, lane);
 
         const bool plain = !has_mask && !has_bias && n0 + BN <= kend &&
-                           (!causal || n0 + BN - 1 <= i0 + tl.offset);
-        scale_and_mask<T, Acc, MT, NS>(s, tl, wrow, g, t, plain);
-        online_softmax<Acc, MT, NS, NO>(s, o, m_run, l_run);
+                           (!causal || n0 + BN - 1 <= i0 + tl.offset) && scale_log2 > Acc(0);
+        if (!plain) scale_and_mask<T, Acc, MT, NS>(s, tl, wrow, g, t);
+        online_softmax<Acc, MT, NS, NO>(s, o, m_run, l_run, plain ? scale_log2 : Acc(1));
 
         cp_async_wait<0>();
         __syncthreads();  // V landed; no warp still reads sK

@@ -309,3 +309,49 @@ def test_tensor_core_kernels_on_misaligned_views(dtype):
     lo, ll = reference(q, k, v, causal=True, dtype=dtype)
     assert err(out, ro) <= FLOOR[np.dtype(dtype)] + 2 * err(lo, ro)
     assert err(lse, rl) <= FLOOR[np.dtype(dtype)] + 2 * err(ll, rl)
+
+
+FLAVOURS_BY_DTYPE = [(np.float16, "mma"), (np.float16, "fma"), (np.float32, "fma"),
+                     (np.float32, "mma"), (np.float64, "mma"), (np.float64, "fma")]
+
+
+@pytest.mark.parametrize("dtype,method", FLAVOURS_BY_DTYPE,
+                         ids=[f"{np.dtype(d).name}-{m}" for d, m in FLAVOURS_BY_DTYPE])
+def test_nonpositive_scale_and_nan_every_flavour(dtype, method):
+    """Tiles with every key valid fold the scale into the exp2 argument after taking the row
+    maximum of the raw logits, which holds for scale > 0 only: a negative and a zero scale
+    must take the scale-first path and still match the oracle.  A NaN in q poisons its row
+    alone; a NaN key poisons exactly the rows that see it (causal: the later ones), and every
+    other row is bit-identical to the clean run."""
+    rng = np.random.default_rng(31)
+    q, k, v = make((1, 2, 70, 40), (1, 1, 75, 40), (1, 1, 75, 40), dtype, rng)
+    for scale in (-0.3, 0.0):
+        for causal in (False, True):
+            kw = dict(scale=scale, causal=causal)
+            if dtype == np.float32 and method == "mma":
+                out, lse = attention(q, k, v, return_lse=True, backend="simt", method="mma",
+                                     **kw)
+                ro, rl = reference(q, k, v, **kw)
+                lo, ll = reference(q, k, v, dtype=np.float32, **kw)
+                assert err(out, ro) <= tf32x3_bound(err(lo, ro))
+                assert err(lse, rl) <= tf32x3_bound(err(ll, rl))
+            else:
+                _run(q, k, v, method=method, **kw)
+
+    clean, clean_lse = attention(q, k, v, causal=True, return_lse=True, backend="simt",
+                                 method=method)
+    qn = q.copy()
+    qn[0, 1, 5, 3] = np.nan
+    out, lse = attention(qn, k, v, causal=True, return_lse=True, backend="simt", method=method)
+    bad = np.zeros(out.shape[:-1], bool)
+    bad[0, 1, 5] = True
+    assert np.isnan(out[bad]).all() and np.isnan(lse[bad]).all()
+    assert np.array_equal(out[~bad], clean[~bad]) and np.array_equal(lse[~bad], clean_lse[~bad])
+
+    kn = k.copy()
+    kn[0, 0, 60, 7] = np.nan   # row i sees key 60 when 60 <= i + (75 - 70)
+    out, lse = attention(q, kn, v, causal=True, return_lse=True, backend="simt", method=method)
+    bad = np.zeros(out.shape[:-1], bool)
+    bad[..., 55:] = True
+    assert np.isnan(out[bad]).all() and np.isnan(lse[bad]).all()
+    assert np.array_equal(out[~bad], clean[~bad]) and np.array_equal(lse[~bad], clean_lse[~bad])
