@@ -96,6 +96,8 @@ ATTN_DEV double amax(double a, double b) { return fmax(a, b); }
 template <typename A> struct Vec16;
 template <> struct Vec16<float> {
     static constexpr int N = 4;
+    typedef float4 V;
+    static ATTN_DEV float4 zero() { return make_float4(0.f, 0.f, 0.f, 0.f); }
     static ATTN_DEV void load(float (&r)[4], const float* p) {
         const float4 v = *reinterpret_cast<const float4*>(p);
         r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
@@ -103,11 +105,44 @@ template <> struct Vec16<float> {
 };
 template <> struct Vec16<double> {
     static constexpr int N = 2;
+    typedef double2 V;
+    static ATTN_DEV double2 zero() { return make_double2(0.0, 0.0); }
     static ATTN_DEV void load(double (&r)[2], const double* p) {
         const double2 v = *reinterpret_cast<const double2*>(p);
         r[0] = v.x; r[1] = v.y;
     }
 };
+
+// Fills rows [0, NROWS) x columns [0, DB) of a shared tile of A (row stride LD, a multiple of
+// 16 bytes) from src (row stride ncols): `valid` rows of `ncols` columns, zeros elsewhere.
+// Where the storage type is the accumulation type (float, double), ncols holds whole 16-byte
+// vectors and src is 16-byte aligned, each thread moves 16 bytes per load and store;
+// otherwise element by element with the conversion (half -> float).
+template <typename T, typename A, int DB, int LD, int NROWS>
+ATTN_DEV void fill_rows(A* dst, const T* src, int valid, int ncols, int tid)
+{
+    constexpr int NT = kThreads;
+    constexpr int VE = Vec16<A>::N;
+    if (sizeof(T) == sizeof(A) && ncols % VE == 0 &&
+        (reinterpret_cast<unsigned long long>(src) & 15ull) == 0) {
+        typedef typename Vec16<A>::V V;
+        constexpr int CH = DB / VE;
+        const V* s16 = reinterpret_cast<const V*>(src);
+        const V zero = Vec16<A>::zero();
+#pragma unroll 4
+        for (int idx = tid; idx < NROWS * CH; idx += NT) {
+            const int r = idx / CH, c = idx - r * CH;
+            *reinterpret_cast<V*>(dst + r * LD + c * VE) =
+                (r < valid && c * VE < ncols) ? s16[static_cast<long long>(r) * (ncols / VE) + c] : zero;
+        }
+    } else {
+        for (int idx = tid; idx < NROWS * DB; idx += NT) {
+            const int r = idx / DB, d = idx - r * DB;
+            dst[r * LD + d] = (r < valid && d < ncols)
+                ? to_acc(src[static_cast<long long>(r) * ncols + d]) : A(0);
+        }
+    }
+}
 
 }  // namespace attn
 
@@ -147,7 +182,6 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
     static_assert(DB % VE == 0 && BN % VE == 0, "rows must hold whole 16-byte vectors");
     static_assert(RS >= 1 && RS * NRS == BM && CS * TCS == BN, "logit tile must split evenly");
     static_assert(RO >= 1 && RO * NRO == BM && CO * TCO == DB, "output tile must split evenly");
-    static_assert(BM <= NT, "one row-owner thread per query row");
 
     CUSOFT_DYN_SMEM(A, smem);
     A* sQ = smem;                  // [BM][DB]
@@ -169,10 +203,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
     const unsigned char* mp = mask + (has_mask ? b * ms0 + h * ms1 : 0);
     const T* bp = bias + (has_bias ? b * bs0 + h * bs1 : 0);
 
-    for (int idx = tid; idx < BM * DB; idx += NT) {
-        const int r = idx / DB, d = idx % DB;
-        sQ[idx] = (i0 + r < Lq && d < D) ? attn::to_acc(qp[static_cast<long long>(r) * D + d]) : A(0);
-    }
+    attn::fill_rows<T, A, DB, DB, BM>(sQ, qp, Lq - i0, D, tid);
 
     const int tsc = tid % TCS, tsr = tid / TCS;
     const int toc = tid % TCO, tor = tid / TCO;
@@ -181,7 +212,12 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
     for (int i = 0; i < RO; ++i)
 #pragma unroll
         for (int c = 0; c < CO; ++c) acc[i][c] = A(0);
-    // the row owner's online state (threads tid < BM)
+    // the online softmax state: TPR adjacent lanes share a query row (row tid / TPR), each
+    // walking every TPR-th key of the tile; the TPR copies of (m_run, l_run) stay equal
+    constexpr int TPR = NT / BM;
+    static_assert(TPR * BM == NT && TPR <= 32 && (TPR & (TPR - 1)) == 0,
+                  "threads per row: a power of two within a warp");
+    const int srow = tid / TPR, ssub = tid % TPR;
     A m_run = attn::neg_inf<A>();
     A l_run = A(0);
 
@@ -196,11 +232,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
 
     for (int n0 = 0; n0 < kend; n0 += BN) {
         __syncthreads();  // the previous tile's P and V are no longer read
-        for (int idx = tid; idx < BN * DB; idx += NT) {
-            const int j = idx / DB, d = idx % DB;
-            sKV[j * KLD + d] = (n0 + j < kend && d < D)
-                ? attn::to_acc(kp[static_cast<long long>(n0 + j) * D + d]) : A(0);
-        }
+        attn::fill_rows<T, A, DB, KLD, BN>(sKV, kp + static_cast<long long>(n0) * D, kend - n0, D, tid);
         __syncthreads();
 
         A s[RS][CS];
@@ -242,27 +274,31 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
         }
         __syncthreads();  // logits in sP; K no longer needed
 
-        for (int idx = tid; idx < BN * DB; idx += NT) {
-            const int j = idx / DB, d = idx % DB;
-            sKV[j * KLD + d] = (n0 + j < kend && d < Dv)
-                ? attn::to_acc(vp[static_cast<long long>(n0 + j) * Dv + d]) : A(0);
-        }
-        if (tid < BM) {
-            A* row = sP + tid * PLD;
+        attn::fill_rows<T, A, DB, KLD, BN>(sKV, vp + static_cast<long long>(n0) * Dv, kend - n0, Dv, tid);
+        {
+            // every thread: BN / TPR keys of one row, then the max and the sum over the TPR
+            // lanes of the row by xor shuffles (the groups are aligned, so they stay inside)
+            A* row = sP + srow * PLD;
             A mt = m_run;
-            for (int j = 0; j < BN; ++j) mt = attn::amax(mt, row[j]);
+#pragma unroll 8
+            for (int j = ssub; j < BN; j += TPR) mt = attn::amax(mt, row[j]);
+#pragma unroll
+            for (int w = 1; w < TPR; w <<= 1) mt = attn::amax(mt, __shfl_xor_sync(0xffffffffu, mt, w));
             // a row that has seen only masked keys shifts by 0: exp2(-inf - 0) = 0, no NaN
             const A shift = mt == attn::neg_inf<A>() ? A(0) : mt;
             const A alpha = attn::fexp2(m_run - shift);
             A sum = A(0);
-            for (int j = 0; j < BN; ++j) {
+#pragma unroll 8
+            for (int j = ssub; j < BN; j += TPR) {
                 const A p = attn::fexp2(row[j] - shift);
                 row[j] = p;
                 sum += p;
             }
+#pragma unroll
+            for (int w = 1; w < TPR; w <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, w);
             l_run = l_run * alpha + sum;
             m_run = mt;
-            sAlpha[tid] = alpha;
+            if (ssub == 0) sAlpha[srow] = alpha;
         }
         __syncthreads();
 
@@ -294,11 +330,11 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
     }
 
     __syncthreads();
-    if (tid < BM) {
+    if (ssub == 0) {
         const bool seen = l_run != A(0);  // NaN (a NaN logit) is seen: NaN out
-        sAlpha[tid] = seen ? A(1) / l_run : A(0);
-        if (has_lse && i0 + tid < Lq) {
-            lse[static_cast<long long>(bh) * Lq + i0 + tid] =
+        sAlpha[srow] = seen ? A(1) / l_run : A(0);
+        if (has_lse && i0 + srow < Lq) {
+            lse[static_cast<long long>(bh) * Lq + i0 + srow] =
                 seen ? (m_run + attn::flog2(l_run)) * A(0.6931471805599453) : attn::neg_inf<A>();
         }
     }
