@@ -16,7 +16,7 @@ softmax, variant        when
 ``col``                 inner > 1 (threads walk inner; block (bx, by), bx = min(32, inner))
 ``warp``                n <= 1024: warp per row, row in registers, 4 rows per 128-thread block
 ``split``               n >= 16384 and rows < 2 * SMs: chunks of >= 2048 elements per block
-``block``               the row fits in shared memory (n * itemsize + 1 KiB <= 48 KiB)
+``block``               the row fits in shared memory (n * itemsize + 1 KiB + 16 <= 48 KiB)
 ``online``              otherwise: block per row, two reads
 ``3pass``               only when asked (``variant="3pass"``): the unfused baseline
 ======================  =====================================================================
@@ -187,7 +187,7 @@ def launch_softmax(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=N
     if rows == 0 or n == 0:
         return Plan("empty", ())
     cap = _grid_cap(limits)
-    row_bytes = n * dtype.itemsize + SCRATCH_BYTES
+    row_bytes = n * dtype.itemsize + SCRATCH_BYTES + 16  # + the cache's 16-byte phase shift
     variant = _row_variant(inner, n, rows, limits, variant, SOFTMAX_VARIANTS, WARP_MAX_N,
                            fallback="block" if row_bytes <= limits.smem_per_block else "online")
     if variant != "col":

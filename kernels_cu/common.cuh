@@ -257,9 +257,34 @@ template <typename T> CUSOFT_DEV i64 head_elems(const T* p, i64 n)
     return h < n ? h : n;
 }
 
+// f(p, body[p]) for the packs p = rank, rank + size, ... < nvec, U at a time: all of a
+// round's loads are issued before the first use, so each thread keeps U 16-byte loads in
+// flight (a plain strided loop waits for every load before the next: one load in flight
+// per thread, too few bytes to cover the memory latency).  f is inlined U times: callers
+// with a heavy per-element body take the smaller PacksInFlight<T> (no spills under
+// __launch_bounds__(512)).
+template <typename T> struct PacksInFlight {
+    static constexpr int value = sizeof(T) == 4 ? 4 : 1;
+};
+template <int U, typename T, typename F>
+CUSOFT_DEV void visit_packs(const Pack<T>* body, i64 nvec, int rank, int size, F&& f)
+{
+#pragma unroll 1
+    for (i64 p = rank; p < nvec; p += U * (i64)size) {
+        // the last round may be partial: its loads are predicated, still issued together
+        Pack<T> pk[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (u == 0 || p + u * (i64)size < nvec) pk[u] = body[p + u * (i64)size];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (u == 0 || p + u * (i64)size < nvec) f(p + u * (i64)size, pk[u]);
+    }
+}
+
 // Call f(j, x[j]) once for every j in [0, n), spread over threads rank..size-1 of a group.
 // The 16-byte-aligned body is read with 128-bit loads; head and tail elementwise.
-template <typename T, typename F>
+template <int U = 0, typename T, typename F>
 CUSOFT_DEV void row_visit(const T* x, i64 n, int rank, int size, F&& f)
 {
     constexpr int N = Pack<T>::N;
@@ -267,13 +292,28 @@ CUSOFT_DEV void row_visit(const T* x, i64 n, int rank, int size, F&& f)
 #pragma unroll 1
     for (i64 j = rank; j < h; j += size) f(j, x[j]);
     const i64 nvec = (n - h) / N;
-    const Pack<T>* body = reinterpret_cast<const Pack<T>*>(x + h);
-#pragma unroll 1
-    for (i64 p = rank; p < nvec; p += size) {
-        Pack<T> pk = body[p];
+    visit_packs<U ? U : PacksInFlight<T>::value>(reinterpret_cast<const Pack<T>*>(x + h), nvec, rank, size,
+                [&](i64 p, const Pack<T>& pk) {
 #pragma unroll
-        for (int u = 0; u < N; ++u) f(h + p * N + u, pk.v[u]);
-    }
+                    for (int u = 0; u < N; ++u) f(h + p * N + u, pk.v[u]);
+                });
+#pragma unroll 1
+    for (i64 j = h + nvec * N + rank; j < n; j += size) f(j, x[j]);
+}
+
+// row_visit over a row whose head (h elements) and 16-byte body (nvec packs from x + h)
+// are already known, e.g. a shared-memory copy laid out with the global row's phase.
+template <int U = 0, typename T, typename F>
+CUSOFT_DEV void row_visit_aligned(const T* x, i64 h, i64 nvec, i64 n, int rank, int size, F&& f)
+{
+    constexpr int N = Pack<T>::N;
+#pragma unroll 1
+    for (i64 j = rank; j < h; j += size) f(j, x[j]);
+    visit_packs<U ? U : PacksInFlight<T>::value>(reinterpret_cast<const Pack<T>*>(x + h), nvec, rank, size,
+                [&](i64 p, const Pack<T>& pk) {
+#pragma unroll
+                    for (int u = 0; u < N; ++u) f(h + p * N + u, pk.v[u]);
+                });
 #pragma unroll 1
     for (i64 j = h + nvec * N + rank; j < n; j += size) f(j, x[j]);
 }
@@ -281,7 +321,7 @@ CUSOFT_DEV void row_visit(const T* x, i64 n, int rank, int size, F&& f)
 // y[j] = f(j, x[j]) for j in [0, n).  Vector loads and stores when x and y share their
 // 16-byte phase (always true for out == x and for same-aligned allocations), else scalar.
 // Safe when y aliases x: each element is read before it is written, by the same thread.
-template <typename T, typename F>
+template <int U = 0, typename T, typename F>
 CUSOFT_DEV void row_transform(const T* x, T* y, i64 n, int rank, int size, F&& f)
 {
     constexpr int N = Pack<T>::N;
@@ -294,15 +334,13 @@ CUSOFT_DEV void row_transform(const T* x, T* y, i64 n, int rank, int size, F&& f
 #pragma unroll 1
     for (i64 j = rank; j < h; j += size) y[j] = f(j, x[j]);
     const i64 nvec = (n - h) / N;
-    const Pack<T>* xb = reinterpret_cast<const Pack<T>*>(x + h);
     Pack<T>* yb = reinterpret_cast<Pack<T>*>(y + h);
-#pragma unroll 1
-    for (i64 p = rank; p < nvec; p += size) {
-        Pack<T> pk = xb[p];
+    visit_packs<U ? U : PacksInFlight<T>::value>(reinterpret_cast<const Pack<T>*>(x + h), nvec, rank, size,
+                [&](i64 p, Pack<T> pk) {
 #pragma unroll
-        for (int u = 0; u < N; ++u) pk.v[u] = f(h + p * N + u, pk.v[u]);
-        yb[p] = pk;
-    }
+                    for (int u = 0; u < N; ++u) pk.v[u] = f(h + p * N + u, pk.v[u]);
+                    yb[p] = pk;
+                });
 #pragma unroll 1
     for (i64 j = h + nvec * N + rank; j < n; j += size) y[j] = f(j, x[j]);
 }

@@ -157,31 +157,65 @@ softmax_fwd_warp(const T* x, T* y, i64 rows, i64 n)
     }
 }
 
-// Dynamic shared memory: kScratchBytes + n * sizeof(T).
+// Dynamic shared memory: kScratchBytes + n * sizeof(T) + 16.  The cache keeps x's 16-byte
+// phase (element j at cache[pad + j], pad + h a multiple of the pack), so all three passes
+// over the row move 16 bytes per instruction: global -> shared in the first (four packs in
+// flight per thread), shared -> registers in the other two.
 template <typename T, bool LOG>
 __global__ void CUSOFT_BOUNDS(512)
 softmax_fwd_block(const T* x, T* y, i64 rows, i64 n)
 {
     typedef acc_t<T> A;
+    constexpr int N = Pack<T>::N;
     CUSOFT_DYN_SMEM(unsigned char, smem);
-    T* cache = reinterpret_cast<T*>(smem + kScratchBytes);
     const BlockGroup g(smem);
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         const T* xr = x + row * n;
+        const i64 h = head_elems(xr, n);
+        T* cache = reinterpret_cast<T*>(smem + kScratchBytes) + (N - h) % N;
+        const i64 nvec = (n - h) / N;
+        const Pack<T>* xb = reinterpret_cast<const Pack<T>*>(xr + h);
+        Pack<T>* cb = reinterpret_cast<Pack<T>*>(cache + h);
         MaxOp<A> mx;
         mx.v = -cu_inf<A>();
-        row_visit(xr, n, g.rank, g.size, [&](i64 j, T v) {
-            cache[j] = v;
-            mx.v = nan_max(mx.v, Traits<T>::load(v));
+#pragma unroll 1
+        for (i64 j = g.rank; j < h; j += g.size) {
+            cache[j] = xr[j];
+            mx.v = nan_max(mx.v, Traits<T>::load(xr[j]));
+        }
+        visit_packs<4>(xb, nvec, g.rank, g.size, [&](i64 p, const Pack<T>& pk) {
+            cb[p] = pk;
+#pragma unroll
+            for (int u = 0; u < N; ++u) mx.v = nan_max(mx.v, Traits<T>::load(pk.v[u]));
         });
+#pragma unroll 1
+        for (i64 j = h + nvec * N + g.rank; j < n; j += g.size) {
+            cache[j] = xr[j];
+            mx.v = nan_max(mx.v, Traits<T>::load(xr[j]));
+        }
         const A m = g.reduce(mx).v;  // its barriers also publish the cache
         SumOp<A> s;
         s.v = A(0);
-#pragma unroll 1
-        for (i64 j = g.rank; j < n; j += g.size) s.v += cu_exp(Traits<T>::load(cache[j]) - m);
+        row_visit_aligned(cache, h, nvec, n, g.rank, g.size,
+                          [&](i64, T v) { s.v += cu_exp(Traits<T>::load(v) - m); });
         const RowFinish<A, LOG> fin(m, g.reduce(s).v);
-        row_store(y + row * n, n, g.rank, g.size,
-                  [&](i64 j) { return Traits<T>::store(fin(Traits<T>::load(cache[j]))); });
+        T* yr = y + row * n;
+        if (head_elems(yr, n) == h) {  // y shares x's phase: 16-byte stores too
+            Pack<T>* yb = reinterpret_cast<Pack<T>*>(yr + h);
+#pragma unroll 1
+            for (i64 j = g.rank; j < h; j += g.size) yr[j] = Traits<T>::store(fin(Traits<T>::load(cache[j])));
+            visit_packs<PacksInFlight<T>::value>(cb, nvec, g.rank, g.size, [&](i64 p, Pack<T> pk) {
+#pragma unroll
+                for (int u = 0; u < N; ++u) pk.v[u] = Traits<T>::store(fin(Traits<T>::load(pk.v[u])));
+                yb[p] = pk;
+            });
+#pragma unroll 1
+            for (i64 j = h + nvec * N + g.rank; j < n; j += g.size)
+                yr[j] = Traits<T>::store(fin(Traits<T>::load(cache[j])));
+        } else {
+#pragma unroll 1
+            for (i64 j = g.rank; j < n; j += g.size) yr[j] = Traits<T>::store(fin(Traits<T>::load(cache[j])));
+        }
         __syncthreads();  // the next row overwrites the cache
     }
 }

@@ -502,8 +502,9 @@ xent_split_apply(CUSOFT_XENT_PARAMS, const acc_t<T>* ws, i64 rows, i64 n, i64 ch
         }
         if (has_grad) {
             const T* pr = probs + (has_probs ? row * n : 0);
-            // elementwise: the pack of x is in registers before gc[j] is written (aliasing)
-            row_visit(x + row * n + start, len, g.rank, g.size, [&](i64 j, T v) {
+            // elementwise: the pack of x is in registers before gc[j] is written (aliasing);
+            // one pack in flight: the gradient body inlined four times spills on sm_90
+            row_visit<1>(x + row * n + start, len, g.rank, g.size, [&](i64 j, T v) {
                 const A wt = a.wt(start + j, label, pr, 1);
                 gc[j] = grad_value(a, lp(Traits<T>::load(v)), st.w, wt);
             });
