@@ -46,7 +46,24 @@ using namespace cusoft;
 // ---------------------------------------------------------------------------------------
 // Per-row output rule of softmax / log_softmax, from the row max m and s = sum exp(x - m).
 // ---------------------------------------------------------------------------------------
-template <typename A, bool LOG> struct RowFinish {
+// exp(x - m) of one row.  float16 rows (FAST) take one exp2 of (x - m) log2(e): MUFU.EX2's
+// ~2^-22 relative error and the rounding of the product (|x - m| <= ~25 where the result is
+// not below half's range) stay ~3 orders under half's rounding; float and double rows keep
+// the libm-accurate exp.
+template <typename A, bool FAST> struct ExpShift {
+    A m;
+    CUSOFT_DEV explicit ExpShift(A m_) : m(m_) {}
+    CUSOFT_DEV A operator()(A x) const
+    {
+        if (FAST) return exp2f((x - m) * A(1.4426950408889634));
+        return cu_exp(x - m);
+    }
+};
+
+template <typename T> struct FastExp { static constexpr bool value = false; };
+template <> struct FastExp<__half> { static constexpr bool value = true; };
+
+template <typename A, bool LOG, bool FAST = false> struct RowFinish {
     A m, v;    // v = 1/s (softmax) or log(s) (log_softmax)
     int mode;  // 0: finite max; 1: every output NaN; 2: log_softmax with m == +inf
     CUSOFT_DEV RowFinish(A m_, A s_) : m(m_), v(A(0)), mode(1)
@@ -62,10 +79,12 @@ template <typename A, bool LOG> struct RowFinish {
     }
     CUSOFT_DEV A operator()(A x) const
     {
-        if (mode == 0) return LOG ? (x - m) - v : cu_exp(x - m) * v;
+        if (mode == 0) return LOG ? (x - m) - v : ExpShift<A, FAST>(m)(x) * v;
         if (mode == 2) return x == m ? cu_nan<A>() : -cu_inf<A>();
         return cu_nan<A>();
     }
+    // softmax from e = exp(x - m) already computed (LOG == false)
+    CUSOFT_DEV A from_exp(A e) const { return mode == 0 ? e * v : cu_nan<A>(); }
 };
 
 // =======================================================================================
@@ -127,8 +146,20 @@ __global__ void CUSOFT_BOUNDS(256)
 softmax_fwd_warp(const T* x, T* y, i64 rows, i64 n)
 {
     typedef acc_t<T> A;
+    constexpr int N = Pack<T>::N;
+    // Whole 16-byte packs per lane where the width allows it and every row starts on a
+    // 16-byte boundary (n a multiple of the pack, x aligned; y likewise for the stores):
+    // lane l holds packs l, l + 32, ...  Otherwise lane-interleaved elements.  Either way
+    // each load instruction of a warp reads contiguous memory.
+    constexpr bool PACKS = K % N == 0;
+    const bool vin = PACKS && n % N == 0 && ((u64)x & 15u) == 0;
+    const bool vout = vin && ((u64)y & 15u) == 0;
     const i64 wpb = blockDim.x / kWarp;
     const int lane = lane_id();
+    // element of register k in either layout
+    auto at = [&](int k, bool packs) -> i64 {
+        return packs ? ((i64)(k / N) * kWarp + lane) * N + k % N : (i64)k * kWarp + lane;
+    };
     // Loop bounds are warp-uniform, so the shuffles below always see all 32 lanes.
     for (i64 row = blockIdx.x * wpb + threadIdx.x / kWarp; row < rows; row += (i64)gridDim.x * wpb) {
         const T* xr = x + row * n;
@@ -136,23 +167,52 @@ softmax_fwd_warp(const T* x, T* y, i64 rows, i64 n)
         A v[K];
         MaxOp<A> mx;
         mx.v = -cu_inf<A>();
+        if (PACKS && vin) {
 #pragma unroll
-        for (int k = 0; k < K; ++k) {
-            const i64 j = (i64)k * kWarp + lane;  // lane-interleaved: every load coalesced
-            v[k] = j < n ? Traits<T>::load(xr[j]) : -cu_inf<A>();
-            mx.v = nan_max(mx.v, v[k]);
+            for (int k = 0; k < K; k += N) {
+                const i64 j = at(k, true);
+                Pack<T> pk;
+                if (j < n) pk = *reinterpret_cast<const Pack<T>*>(xr + j);
+#pragma unroll
+                for (int u = 0; u < N; ++u) v[k + u] = j < n ? Traits<T>::load(pk.v[u]) : -cu_inf<A>();
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const i64 j = at(k, false);
+                v[k] = j < n ? Traits<T>::load(xr[j]) : -cu_inf<A>();
+            }
         }
+#pragma unroll
+        for (int k = 0; k < K; ++k) mx.v = nan_max(mx.v, v[k]);
         const A m = warp_reduce(mx).v;
+        const ExpShift<A, FastExp<T>::value> ex(m);
         SumOp<A> s;
         s.v = A(0);
 #pragma unroll
         for (int k = 0; k < K; ++k)
-            if ((i64)k * kWarp + lane < n) s.v += cu_exp(v[k] - m);
-        const RowFinish<A, LOG> fin(m, warp_reduce(s).v);
+            if (at(k, vin) < n) {
+                const A e = ex(v[k]);
+                s.v += e;
+                if (!LOG) v[k] = e;  // softmax keeps exp(x - m): one exp per element
+            }
+        const RowFinish<A, LOG, FastExp<T>::value> fin(m, warp_reduce(s).v);
+        auto outv = [&](int k) { return Traits<T>::store(LOG ? fin(v[k]) : fin.from_exp(v[k])); };
+        if (PACKS && vout) {
 #pragma unroll
-        for (int k = 0; k < K; ++k) {
-            const i64 j = (i64)k * kWarp + lane;
-            if (j < n) yr[j] = Traits<T>::store(fin(v[k]));
+            for (int k = 0; k < K; k += N) {
+                const i64 j = at(k, true);
+                Pack<T> pk;
+#pragma unroll
+                for (int u = 0; u < N; ++u) pk.v[u] = outv(k + u);
+                if (j < n) *reinterpret_cast<Pack<T>*>(yr + j) = pk;
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const i64 j = at(k, vin);
+                if (j < n) yr[j] = outv(k);
+            }
         }
     }
 }
@@ -194,27 +254,55 @@ softmax_fwd_block(const T* x, T* y, i64 rows, i64 n)
             mx.v = nan_max(mx.v, Traits<T>::load(xr[j]));
         }
         const A m = g.reduce(mx).v;  // its barriers also publish the cache
+        // softmax of float/double keeps exp(x - m) in the cache (the same values the output
+        // pass would recompute; each thread rewrites only the elements it read, and the
+        // reduction's barriers publish them to the output pass); float16
+        // recomputes its one-instruction exp, since the half cache would round it
+        constexpr bool KEEP = !LOG && sizeof(T) == sizeof(A);
+        const ExpShift<A, FastExp<T>::value> ex(m);
         SumOp<A> s;
         s.v = A(0);
-        row_visit_aligned(cache, h, nvec, n, g.rank, g.size,
-                          [&](i64, T v) { s.v += cu_exp(Traits<T>::load(v) - m); });
-        const RowFinish<A, LOG> fin(m, g.reduce(s).v);
+#pragma unroll 1
+        for (i64 j = g.rank; j < h; j += g.size) {
+            const A e = ex(Traits<T>::load(cache[j]));
+            s.v += e;
+            if (KEEP) cache[j] = Traits<T>::store(e);
+        }
+        visit_packs<PacksInFlight<T>::value>(cb, nvec, g.rank, g.size, [&](i64 p, Pack<T> pk) {
+#pragma unroll
+            for (int u = 0; u < N; ++u) {
+                const A e = ex(Traits<T>::load(pk.v[u]));
+                s.v += e;
+                if (KEEP) pk.v[u] = Traits<T>::store(e);
+            }
+            if (KEEP) cb[p] = pk;
+        });
+#pragma unroll 1
+        for (i64 j = h + nvec * N + g.rank; j < n; j += g.size) {
+            const A e = ex(Traits<T>::load(cache[j]));
+            s.v += e;
+            if (KEEP) cache[j] = Traits<T>::store(e);
+        }
+        const RowFinish<A, LOG, FastExp<T>::value> fin(m, g.reduce(s).v);
+        // the output of one cached element: from the kept exp or from x
+        auto outv = [&](T c) {
+            return Traits<T>::store(KEEP ? fin.from_exp(Traits<T>::load(c)) : fin(Traits<T>::load(c)));
+        };
         T* yr = y + row * n;
         if (head_elems(yr, n) == h) {  // y shares x's phase: 16-byte stores too
             Pack<T>* yb = reinterpret_cast<Pack<T>*>(yr + h);
 #pragma unroll 1
-            for (i64 j = g.rank; j < h; j += g.size) yr[j] = Traits<T>::store(fin(Traits<T>::load(cache[j])));
+            for (i64 j = g.rank; j < h; j += g.size) yr[j] = outv(cache[j]);
             visit_packs<PacksInFlight<T>::value>(cb, nvec, g.rank, g.size, [&](i64 p, Pack<T> pk) {
 #pragma unroll
-                for (int u = 0; u < N; ++u) pk.v[u] = Traits<T>::store(fin(Traits<T>::load(pk.v[u])));
+                for (int u = 0; u < N; ++u) pk.v[u] = outv(pk.v[u]);
                 yb[p] = pk;
             });
 #pragma unroll 1
-            for (i64 j = h + nvec * N + g.rank; j < n; j += g.size)
-                yr[j] = Traits<T>::store(fin(Traits<T>::load(cache[j])));
+            for (i64 j = h + nvec * N + g.rank; j < n; j += g.size) yr[j] = outv(cache[j]);
         } else {
 #pragma unroll 1
-            for (i64 j = g.rank; j < n; j += g.size) yr[j] = Traits<T>::store(fin(Traits<T>::load(cache[j])));
+            for (i64 j = g.rank; j < n; j += g.size) yr[j] = outv(cache[j]);
         }
         __syncthreads();  // the next row overwrites the cache
     }

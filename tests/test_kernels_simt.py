@@ -32,6 +32,7 @@ SOFTMAX_CASES = [
     ("warp", (5, 37, 1), {}),            # K = 2, 4 rows per block + a partial block
     ("warp", (3, 1, 1), {}),             # n = 1
     ("warp", (2, 1000, 1), {}),          # K = 32
+    ("warp", (3, 200, 1), {}),           # K = 8: 16-byte packs per lane, some lanes idle
     ("block", (3, 999, 1), {}),          # odd n: rows at every phase
     ("online", (3, 1001, 1), {"threads": 128}),
     # 32 threads: several rounds of 16-byte loads in flight per thread, the last one partial
@@ -122,12 +123,14 @@ def test_softmax_in_place(variant):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
-def test_softmax_block_out_of_phase(dtype, log):
+@pytest.mark.parametrize("variant", ["block", "warp"])
+def test_softmax_out_of_phase(dtype, log, variant):
     """The block kernel caches the row with x's 16-byte phase and stores 16 bytes at a time
-    only where y shares that phase: x and out one element apart (both ways) take the
-    element-store path, every row at another phase (odd n)."""
+    only where y shares that phase (odd n: every row at another phase); the warp kernel
+    loads whole packs only from an aligned x and stores them only to an aligned y.  x and
+    out one element apart, both ways, take the element paths."""
     f = sp.log_softmax if log else sp.softmax
-    shape = (3, 999, 1)
+    shape = (3, 999, 1) if variant == "block" else (3, 200, 1)
     x = _logits(shape, dtype, seed=_seed("phase", log), special=True)
     with np.errstate(**_ERR):
         ref = f(x.astype(np.float64), axis=1)
@@ -138,10 +141,10 @@ def test_softmax_block_out_of_phase(dtype, log):
         xv[...] = x
         yb = np.full(size + 1, 7, dtype)
         out = yb[shift_y:shift_y + size].reshape(shape)
-        be = _backend("block", {})
+        be = _backend(variant, {})
         be.softmax(xv, out, log)
-        assert be.last_plan.variant == "block"
-        assert_close(out, ref, dtype, what=f"block x+{shift_x} y+{shift_y}")
+        assert be.last_plan.variant == variant
+        assert_close(out, ref, dtype, what=f"{variant} x+{shift_x} y+{shift_y}")
         assert (yb[:shift_y] == 7).all() and (yb[shift_y + size:] == 7).all()
 
 
