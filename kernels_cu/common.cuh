@@ -266,7 +266,9 @@ template <typename T> CUSOFT_DEV i64 head_elems(const T* p, i64 n)
 template <typename T> struct PacksInFlight {
     static constexpr int value = sizeof(T) == 4 ? 4 : 1;
 };
-template <int U, typename T, typename F>
+// REV walks the packs from the end (thread rank takes nvec - 1 - rank, ...): a second pass
+// over data read moments ago finds its most recently read part, the part still in L2, first.
+template <int U, bool REV = false, typename T, typename F>
 CUSOFT_DEV void visit_packs(const Pack<T>* body, i64 nvec, int rank, int size, F&& f)
 {
 #pragma unroll 1
@@ -275,10 +277,16 @@ CUSOFT_DEV void visit_packs(const Pack<T>* body, i64 nvec, int rank, int size, F
         Pack<T> pk[U];
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (u == 0 || p + u * (i64)size < nvec) pk[u] = body[p + u * (i64)size];
+            if (u == 0 || p + u * (i64)size < nvec) {
+                const i64 q = p + u * (i64)size;
+                pk[u] = body[REV ? nvec - 1 - q : q];
+            }
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (u == 0 || p + u * (i64)size < nvec) f(p + u * (i64)size, pk[u]);
+            if (u == 0 || p + u * (i64)size < nvec) {
+                const i64 q = p + u * (i64)size;
+                f(REV ? nvec - 1 - q : q, pk[u]);
+            }
     }
 }
 
@@ -321,7 +329,8 @@ CUSOFT_DEV void row_visit_aligned(const T* x, i64 h, i64 nvec, i64 n, int rank, 
 // y[j] = f(j, x[j]) for j in [0, n).  Vector loads and stores when x and y share their
 // 16-byte phase (always true for out == x and for same-aligned allocations), else scalar.
 // Safe when y aliases x: each element is read before it is written, by the same thread.
-template <int U = 0, typename T, typename F>
+// REV: the body from its end (a re-read of a row or chunk a pass has just streamed).
+template <int U = 0, bool REV = false, typename T, typename F>
 CUSOFT_DEV void row_transform(const T* x, T* y, i64 n, int rank, int size, F&& f)
 {
     constexpr int N = Pack<T>::N;
@@ -335,7 +344,7 @@ CUSOFT_DEV void row_transform(const T* x, T* y, i64 n, int rank, int size, F&& f
     for (i64 j = rank; j < h; j += size) y[j] = f(j, x[j]);
     const i64 nvec = (n - h) / N;
     Pack<T>* yb = reinterpret_cast<Pack<T>*>(y + h);
-    visit_packs<U ? U : PacksInFlight<T>::value>(reinterpret_cast<const Pack<T>*>(x + h), nvec, rank, size,
+    visit_packs<U ? U : PacksInFlight<T>::value, REV>(reinterpret_cast<const Pack<T>*>(x + h), nvec, rank, size,
                 [&](i64 p, Pack<T> pk) {
 #pragma unroll
                     for (int u = 0; u < N; ++u) pk.v[u] = f(h + p * N + u, pk.v[u]);

@@ -322,9 +322,10 @@ softmax_fwd_online(const T* x, T* y, i64 rows, i64 n)
         st.init();
         row_visit(xr, n, g.rank, g.size, [&](i64, T v) { st.add(Traits<T>::load(v)); });
         st = g.reduce(st);  // every read of the row happens before this barrier (out may alias x)
-        const RowFinish<A, LOG> fin(st.m, st.s);
-        row_transform(xr, y + row * n, n, g.rank, g.size,
-                      [&](i64, T v) { return Traits<T>::store(fin(Traits<T>::load(v))); });
+        const RowFinish<A, LOG, FastExp<T>::value> fin(st.m, st.s);
+        // the second read from the row's end: its last-read part is still in L2
+        row_transform<0, true>(xr, y + row * n, n, g.rank, g.size,
+                               [&](i64, T v) { return Traits<T>::store(fin(Traits<T>::load(v))); });
     }
 }
 
@@ -358,7 +359,10 @@ softmax_fwd_split_apply(const T* x, const acc_t<T>* ws, T* y, i64 rows, i64 n, i
     typedef acc_t<T> A;
     CUSOFT_DYN_SMEM(unsigned char, smem);
     const BlockGroup g(smem);
-    for (i64 b = blockIdx.x; b < rows * chunks; b += gridDim.x) {
+    // chunks and their packs in the reverse of the stats pass's order: what that pass read
+    // last (still in L2 when the input outgrows it) is re-read first
+    for (i64 b0 = blockIdx.x; b0 < rows * chunks; b0 += gridDim.x) {
+        const i64 b = rows * chunks - 1 - b0;
         const i64 row = b / chunks, start = (b % chunks) * chunk_len;
         const i64 len = n - start < chunk_len ? n - start : chunk_len;
         MaxSum<A> st;
@@ -371,9 +375,9 @@ softmax_fwd_split_apply(const T* x, const acc_t<T>* ws, T* y, i64 rows, i64 n, i
             st = MaxSum<A>::merge(st, p);
         }
         st = g.reduce(st);  // same inputs, same order in every block of the row
-        const RowFinish<A, LOG> fin(st.m, st.s);
-        row_transform(x + row * n + start, y + row * n + start, len, g.rank, g.size,
-                      [&](i64, T v) { return Traits<T>::store(fin(Traits<T>::load(v))); });
+        const RowFinish<A, LOG, FastExp<T>::value> fin(st.m, st.s);
+        row_transform<0, true>(x + row * n + start, y + row * n + start, len, g.rank, g.size,
+                               [&](i64, T v) { return Traits<T>::store(fin(Traits<T>::load(v))); });
     }
 }
 
