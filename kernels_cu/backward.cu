@@ -47,14 +47,12 @@ CUSOFT_DEV void pair_visit(const T* a, const T* b, i64 n, int rank, int size, F&
 #pragma unroll 1
     for (i64 j = rank; j < h; j += size) f(j, a[j], b[j]);
     const i64 nvec = (n - h) / N;
-    const Pack<T>* ab = reinterpret_cast<const Pack<T>*>(a + h);
-    const Pack<T>* bb = reinterpret_cast<const Pack<T>*>(b + h);
-#pragma unroll 1
-    for (i64 p = rank; p < nvec; p += size) {
-        const Pack<T> pa = ab[p], pb = bb[p];
+    visit_pack_pairs<PacksInFlight<T>::value>(
+        reinterpret_cast<const Pack<T>*>(a + h), reinterpret_cast<const Pack<T>*>(b + h), nvec,
+        rank, size, [&](i64 p, const Pack<T>& pa, const Pack<T>& pb) {
 #pragma unroll
-        for (int u = 0; u < N; ++u) f(h + p * N + u, pa.v[u], pb.v[u]);
-    }
+            for (int u = 0; u < N; ++u) f(h + p * N + u, pa.v[u], pb.v[u]);
+        });
 #pragma unroll 1
     for (i64 j = h + nvec * N + rank; j < n; j += size) f(j, a[j], b[j]);
 }
@@ -74,17 +72,18 @@ CUSOFT_DEV void pair_transform(const T* a, const T* b, T* o, i64 n, int rank, in
 #pragma unroll 1
     for (i64 j = rank; j < h; j += size) o[j] = f(a[j], b[j]);
     const i64 nvec = (n - h) / N;
-    const Pack<T>* ab = reinterpret_cast<const Pack<T>*>(a + h);
-    const Pack<T>* bb = reinterpret_cast<const Pack<T>*>(b + h);
     Pack<T>* ob = reinterpret_cast<Pack<T>*>(o + h);
-#pragma unroll 1
-    for (i64 p = rank; p < nvec; p += size) {
-        const Pack<T> pa = ab[p], pb = bb[p];
-        Pack<T> po;
+    // the second pass over a and b: from the end, where the first pass left them in L2
+    // (double rows keep the forward order: ptxas spilled 8 bytes of the reversed index
+    // arithmetic in softmax_bwd_block<double, true> on sm_90)
+    visit_pack_pairs<PacksInFlight<T>::value, sizeof(T) != 8>(
+        reinterpret_cast<const Pack<T>*>(a + h), reinterpret_cast<const Pack<T>*>(b + h), nvec,
+        rank, size, [&](i64 p, const Pack<T>& pa, const Pack<T>& pb) {
+            Pack<T> po;
 #pragma unroll
-        for (int u = 0; u < N; ++u) po.v[u] = f(pa.v[u], pb.v[u]);
-        ob[p] = po;
-    }
+            for (int u = 0; u < N; ++u) po.v[u] = f(pa.v[u], pb.v[u]);
+            ob[p] = po;
+        });
 #pragma unroll 1
     for (i64 j = h + nvec * N + rank; j < n; j += size) o[j] = f(a[j], b[j]);
 }

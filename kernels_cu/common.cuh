@@ -290,6 +290,28 @@ CUSOFT_DEV void visit_packs(const Pack<T>* body, i64 nvec, int rank, int size, F
     }
 }
 
+// visit_packs over two arrays with the same phase: f(p, a[p], b[p]), 2U loads in flight.
+template <int U, bool REV = false, typename T, typename F>
+CUSOFT_DEV void visit_pack_pairs(const Pack<T>* a, const Pack<T>* b, i64 nvec, int rank, int size,
+                                 F&& f)
+{
+#pragma unroll 1
+    for (i64 p = rank; p < nvec; p += U * (i64)size) {
+        Pack<T> pa[U], pb[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (u == 0 || p + u * (i64)size < nvec) {
+                const i64 q = REV ? nvec - 1 - (p + u * (i64)size) : p + u * (i64)size;
+                pa[u] = a[q];
+                pb[u] = b[q];
+            }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (u == 0 || p + u * (i64)size < nvec)
+                f(REV ? nvec - 1 - (p + u * (i64)size) : p + u * (i64)size, pa[u], pb[u]);
+    }
+}
+
 // Call f(j, x[j]) once for every j in [0, n), spread over threads rank..size-1 of a group.
 // The 16-byte-aligned body is read with 128-bit loads; head and tail elementwise.
 template <int U = 0, typename T, typename F>

@@ -33,6 +33,7 @@ BWD_CASES = [
     ("warp", (3, 1, 1), {}),             # n = 1
     ("warp", (2, 1000, 1), {}),          # K = 32
     ("block", (3, 999, 1), {"threads": 128}),   # odd n: rows at every 16-byte phase
+    ("block", (2, 2999, 1), {"threads": 32}),   # several rounds of loads in flight, last partial
     ("split", (2, 3001, 1), {"chunk_len": 512, "threads": 128}),
     ("col", (3, 17, 5), {}),
     ("col", (2, 5, 33), {}),             # inner > 32: two tiles, a partial one
@@ -42,6 +43,7 @@ XENT_CASES = [
     ("warp", (3, 1, 1), {}),
     ("warp", (2, 500, 1), {}),           # K = 16, the widest
     ("block", (5, 999, 1), {"threads": 128}),
+    ("block", (2, 2999, 1), {"threads": 32}),
     ("split", (2, 3001, 1), {"chunk_len": 512, "threads": 128}),   # 6 chunks, a short last one
     ("split", (3, 1000, 1), {"chunk_len": 96, "threads": 64}),     # label-row specials in 3 rows
     ("col", (3, 17, 5), {}),
