@@ -4,7 +4,7 @@ loaders (CuPy RawModule per device, simt module per process) and the argument ma
 ``launch_config`` is the single source of truth for the kernel variant (flavour, head-dim
 bucket and tile shape per dtype), the grid, the block and the dynamic shared bytes; the
 kernels derive their shared layouts from the same template arguments: CUDA cores Q [BM][DB],
-K/V [BN][DB+VE], P [BM][BN+VE], alpha [BM] in the accumulation type (VE = 16 bytes of it);
+K [BN][DB+VE], V [BN][DB+VE], P [BM][BN+VE], alpha [BM] in the accumulation type (VE = 16 bytes of it);
 tensor cores Q [BM], K [BN], V [BN] rows of DB + PAD_MMA in the storage type.
 """
 
@@ -24,10 +24,11 @@ THREADS = 128
 BUCKETS = (32, 64, 128, 256)
 #: (accumulation itemsize, bucket) -> (BM query rows, BN keys) per block.  Sized so the
 #: per-thread accumulator (BM*DB/128 values) and logit tile (BM*BN/128) stay in registers
-#: without spills and shared memory stays under ~110 KB (sm_80 allows 163 KB per block).
+#: without spills and shared memory (Q, K and V buffers apart for the cp.async pipeline, P)
+#: stays under sm_80's 163 KB per block: float64 at D = 256 takes BN = 16 for that.
 TILES = {
     (4, 32): (64, 64), (4, 64): (64, 64), (4, 128): (64, 32), (4, 256): (32, 32),
-    (8, 32): (64, 32), (8, 64): (32, 32), (8, 128): (32, 32), (8, 256): (16, 32),
+    (8, 32): (64, 32), (8, 64): (32, 32), (8, 128): (32, 32), (8, 256): (16, 16),
 }
 _CTYPE = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
           np.dtype(np.float64): "double"}
@@ -139,7 +140,7 @@ def launch_config(dtype, B, Hq, Lq, D, Dv, method=None, tile=None):
     else:
         acc = 8 if dtype == np.float64 else 4
         ve = 16 // acc  # the kernel's 16-byte row padding, in elements
-        shared = acc * (bm * bucket + bn * (bucket + ve) + bm * (bn + ve) + bm)
+        shared = acc * (bm * bucket + 2 * bn * (bucket + ve) + bm * (bn + ve) + bm)
     grid = (B * Hq, math.ceil(Lq / bm), 1)
     return Config(kernel_name(dtype, bucket, flav, (bm, bn)), grid, (THREADS, 1, 1), shared,
                   bm, bn, bucket)

@@ -113,11 +113,45 @@ template <> struct Vec16<double> {
     }
 };
 
-// Fills rows [0, NROWS) x columns [0, DB) of a shared tile of A (row stride LD, a multiple of
-// 16 bytes) from src (row stride ncols): `valid` rows of `ncols` columns, zeros elsewhere.
-// Where the storage type is the accumulation type (float, double), ncols holds whole 16-byte
-// vectors and src is 16-byte aligned, each thread moves 16 bytes per load and store;
-// otherwise element by element with the conversion (half -> float).
+// cp.async.cg 16 bytes global -> shared, zero-filled when !valid (nothing is read then).
+ATTN_DEV void cp_async16(void* dst, const void* src, bool valid)
+{
+#ifdef __CUDACC__
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(addr), "l"(src), "r"(valid ? 16 : 0));
+#else
+    cusoft_simt::cp_async(dst, src, 16, valid ? 16 : 0);
+#endif
+}
+
+ATTN_DEV void cp_async_commit()
+{
+#ifdef __CUDACC__
+    asm volatile("cp.async.commit_group;\n" ::);
+#else
+    cusoft_simt::cp_async_commit();
+#endif
+}
+
+// waits until every committed group of this thread but the newest N has landed
+template <int N>
+ATTN_DEV void cp_async_wait()
+{
+#ifdef __CUDACC__
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+#else
+    cusoft_simt::cp_async_wait(N);
+#endif
+}
+
+// Starts filling rows [0, NROWS) x columns [0, DB) of a shared tile of A (row stride LD, a
+// multiple of 16 bytes) from src (row stride ncols): `valid` rows of `ncols` columns, zeros
+// elsewhere.  Where the storage type is the accumulation type (float, double), ncols holds
+// whole 16-byte vectors and src is 16-byte aligned, the copy is asynchronous (cp.async, 16
+// bytes per thread and instruction); otherwise element by element with the conversion (half
+// -> float), done on return.  Either way one cp.async group is committed: the caller waits
+// (cp_async_wait) and syncs before reading the tile.
 template <typename T, typename A, int DB, int LD, int NROWS>
 ATTN_DEV void fill_rows(A* dst, const T* src, int valid, int ncols, int tid)
 {
@@ -125,15 +159,15 @@ ATTN_DEV void fill_rows(A* dst, const T* src, int valid, int ncols, int tid)
     constexpr int VE = Vec16<A>::N;
     if (sizeof(T) == sizeof(A) && ncols % VE == 0 &&
         (reinterpret_cast<unsigned long long>(src) & 15ull) == 0) {
-        typedef typename Vec16<A>::V V;
         constexpr int CH = DB / VE;
-        const V* s16 = reinterpret_cast<const V*>(src);
-        const V zero = Vec16<A>::zero();
+        constexpr int ITERS = (NROWS * CH + NT - 1) / NT;
 #pragma unroll 4
-        for (int idx = tid; idx < NROWS * CH; idx += NT) {
-            const int r = idx / CH, c = idx - r * CH;
-            *reinterpret_cast<V*>(dst + r * LD + c * VE) =
-                (r < valid && c * VE < ncols) ? s16[static_cast<long long>(r) * (ncols / VE) + c] : zero;
+        for (int it = 0; it < ITERS; ++it) {
+            const int idx = tid + it * NT;
+            if ((NROWS * CH) % NT != 0 && idx >= NROWS * CH) break;
+            const int r = idx / CH, c = (idx - r * CH) * VE;
+            const bool ok = r < valid && c < ncols;
+            cp_async16(dst + r * LD + c, ok ? src + static_cast<long long>(r) * ncols + c : src, ok);
         }
     } else {
         for (int idx = tid; idx < NROWS * DB; idx += NT) {
@@ -142,6 +176,7 @@ ATTN_DEV void fill_rows(A* dst, const T* src, int valid, int ncols, int tid)
                 ? to_acc(src[static_cast<long long>(r) * ncols + d]) : A(0);
         }
     }
+    cp_async_commit();
 }
 
 }  // namespace attn
@@ -185,8 +220,9 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
 
     CUSOFT_DYN_SMEM(A, smem);
     A* sQ = smem;                  // [BM][DB]
-    A* sKV = sQ + BM * DB;         // [BN][KLD]
-    A* sP = sKV + BN * KLD;        // [BM][PLD]
+    A* sK = sQ + BM * DB;          // [BN][KLD]
+    A* sV = sK + BN * KLD;         // [BN][KLD]
+    A* sP = sV + BN * KLD;         // [BM][PLD]
     A* sAlpha = sP + BM * PLD;     // [BM]
 
     const int tid = threadIdx.x;
@@ -230,10 +266,15 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
     }
     const A log2e = A(1.4426950408889634);
 
+    // Pipeline (float/double tiles, where fill_rows is cp.async): Q and the first K tile are
+    // in flight before the loop; V of a tile loads while Q Kᵀ, the masking and the softmax
+    // run, and the next K tile while the softmax and P V run.  half tiles convert on the way
+    // in, so theirs are plain loads done before fill_rows returns.
+    if (kend > 0) attn::fill_rows<T, A, DB, KLD, BN>(sK, kp, kend, D, tid);
     for (int n0 = 0; n0 < kend; n0 += BN) {
-        __syncthreads();  // the previous tile's P and V are no longer read
-        attn::fill_rows<T, A, DB, KLD, BN>(sKV, kp + static_cast<long long>(n0) * D, kend - n0, D, tid);
-        __syncthreads();
+        attn::cp_async_wait<0>();
+        __syncthreads();  // K (and Q) landed for every thread; the last P V is done with sV, sP
+        attn::fill_rows<T, A, DB, KLD, BN>(sV, vp + static_cast<long long>(n0) * Dv, kend - n0, Dv, tid);
 
         A s[RS][CS];
 #pragma unroll
@@ -246,7 +287,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
         for (int d0 = 0; d0 < D; d0 += VE) {
             A kv[CS][VE];
 #pragma unroll
-            for (int c = 0; c < CS; ++c) attn::Vec16<A>::load(kv[c], sKV + (tsc + c * TCS) * KLD + d0);
+            for (int c = 0; c < CS; ++c) attn::Vec16<A>::load(kv[c], sK + (tsc + c * TCS) * KLD + d0);
 #pragma unroll
             for (int i = 0; i < RS; ++i) {
                 A qv[VE];
@@ -272,9 +313,12 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
                 sP[r * PLD + cj] = keep ? val : attn::neg_inf<A>();
             }
         }
-        __syncthreads();  // logits in sP; K no longer needed
+        __syncthreads();  // logits in sP; every warp is done with sK
 
-        attn::fill_rows<T, A, DB, KLD, BN>(sKV, vp + static_cast<long long>(n0) * Dv, kend - n0, Dv, tid);
+        const bool more = n0 + BN < kend;
+        if (more)
+            attn::fill_rows<T, A, DB, KLD, BN>(sK, kp + static_cast<long long>(n0 + BN) * D,
+                                               kend - n0 - BN, D, tid);
         {
             // every thread: BN / TPR keys of one row, then the max and the sum over the TPR
             // lanes of the row by xor shuffles (the groups are aligned, so they stay inside)
@@ -300,7 +344,11 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
             m_run = mt;
             if (ssub == 0) sAlpha[srow] = alpha;
         }
-        __syncthreads();
+        if (more)
+            attn::cp_async_wait<1>();  // this tile's V (the next K may still be in flight)
+        else
+            attn::cp_async_wait<0>();
+        __syncthreads();  // probabilities, alpha and V visible to every warp
 
         const int nvalid = kend - n0 < BN ? kend - n0 : BN;
 #pragma unroll
@@ -316,7 +364,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
 #pragma unroll
             for (int e = 0; e < VE; ++e)
 #pragma unroll
-                for (int c = 0; c < CO; ++c) vv[e][c] = sKV[(j0 + e) * KLD + toc + c * TCO];
+                for (int c = 0; c < CO; ++c) vv[e][c] = sV[(j0 + e) * KLD + toc + c * TCO];
 #pragma unroll
             for (int i = 0; i < RO; ++i) {
                 A p[VE];
@@ -329,6 +377,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
         }
     }
 
+    attn::cp_async_wait<0>();  // kend == 0: Q was never waited for
     __syncthreads();
     if (ssub == 0) {
         const bool seen = l_run != A(0);  // NaN (a NaN logit) is seen: NaN out
@@ -478,38 +527,6 @@ ATTN_DEV unsigned pack_half2(float lo, float hi)
     const unsigned short l = __half_as_ushort(__float2half_rn(lo));
     const unsigned short h = __half_as_ushort(__float2half_rn(hi));
     return static_cast<unsigned>(l) | (static_cast<unsigned>(h) << 16);
-}
-
-// cp.async.cg 16 bytes global -> shared, zero-filled when !valid (nothing is read then).
-ATTN_DEV void cp_async16(void* dst, const void* src, bool valid)
-{
-#ifdef __CUDACC__
-    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-                 :: "r"(addr), "l"(src), "r"(valid ? 16 : 0));
-#else
-    cusoft_simt::cp_async(dst, src, 16, valid ? 16 : 0);
-#endif
-}
-
-ATTN_DEV void cp_async_commit()
-{
-#ifdef __CUDACC__
-    asm volatile("cp.async.commit_group;\n" ::);
-#else
-    cusoft_simt::cp_async_commit();
-#endif
-}
-
-// waits until every committed group of this thread but the newest N has landed
-template <int N>
-ATTN_DEV void cp_async_wait()
-{
-#ifdef __CUDACC__
-    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
-#else
-    cusoft_simt::cp_async_wait(N);
-#endif
 }
 
 ATTN_DEV __half zero_of(__half) { return __float2half_rn(0.0f); }

@@ -128,7 +128,7 @@ def test_launch_config_is_consistent():
             assert cfg.bucket >= D and (acc, cfg.bucket) in TILES
             bm, bn = cfg.bm, cfg.bn
             ve = 16 // acc
-            assert cfg.shared_mem == acc * (bm * cfg.bucket + bn * (cfg.bucket + ve)
+            assert cfg.shared_mem == acc * (bm * cfg.bucket + 2 * bn * (cfg.bucket + ve)
                                             + bm * (bn + ve) + bm)
             assert cfg.shared_mem <= 163 * 1024  # sm_80's opt-in limit
             assert cfg.grid == (6, -(-100 // bm), 1) and cfg.block == (128, 1, 1)
