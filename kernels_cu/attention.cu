@@ -145,18 +145,27 @@ ATTN_DEV void cp_async_wait()
 #endif
 }
 
+ATTN_DEV __half zero_of(__half) { return __float2half_rn(0.0f); }
+ATTN_DEV float zero_of(float) { return 0.0f; }
+ATTN_DEV double zero_of(double) { return 0.0; }
+
+// x as the shared tile's type: half stays half (tensor cores), else the accumulation type
+template <typename A, typename T> ATTN_DEV A load_as(T x) { return to_acc(x); }
+template <> ATTN_DEV __half load_as<__half, __half>(__half x) { return x; }
+
 // Starts filling rows [0, NROWS) x columns [0, DB) of a shared tile of A (row stride LD, a
 // multiple of 16 bytes) from src (row stride ncols): `valid` rows of `ncols` columns, zeros
-// elsewhere.  Where the storage type is the accumulation type (float, double), ncols holds
-// whole 16-byte vectors and src is 16-byte aligned, the copy is asynchronous (cp.async, 16
-// bytes per thread and instruction); otherwise element by element with the conversion (half
-// -> float), done on return.  Either way one cp.async group is committed: the caller waits
-// (cp_async_wait) and syncs before reading the tile.
+// elsewhere.  Where the tile keeps the storage type (float, double, and half for the tensor
+// cores), ncols holds whole 16-byte vectors and src is 16-byte aligned, the copy is
+// asynchronous (cp.async, 16 bytes per thread and instruction, a compile-time trip count);
+// otherwise element by element (half -> float for the CUDA cores), done on return.  Either
+// way one cp.async group is committed: the caller waits (cp_async_wait) and syncs before
+// reading the tile.
 template <typename T, typename A, int DB, int LD, int NROWS>
 ATTN_DEV void fill_rows(A* dst, const T* src, int valid, int ncols, int tid)
 {
     constexpr int NT = kThreads;
-    constexpr int VE = Vec16<A>::N;
+    constexpr int VE = 16 / sizeof(A);
     if (sizeof(T) == sizeof(A) && ncols % VE == 0 &&
         (reinterpret_cast<unsigned long long>(src) & 15ull) == 0) {
         constexpr int CH = DB / VE;
@@ -170,10 +179,11 @@ ATTN_DEV void fill_rows(A* dst, const T* src, int valid, int ncols, int tid)
             cp_async16(dst + r * LD + c, ok ? src + static_cast<long long>(r) * ncols + c : src, ok);
         }
     } else {
+        const A zero = zero_of(A());
         for (int idx = tid; idx < NROWS * DB; idx += NT) {
             const int r = idx / DB, d = idx - r * DB;
             dst[r * LD + d] = (r < valid && d < ncols)
-                ? to_acc(src[static_cast<long long>(r) * ncols + d]) : A(0);
+                ? load_as<A>(src[static_cast<long long>(r) * ncols + d]) : zero;
         }
     }
     cp_async_commit();
@@ -529,43 +539,6 @@ ATTN_DEV unsigned pack_half2(float lo, float hi)
     return static_cast<unsigned>(l) | (static_cast<unsigned>(h) << 16);
 }
 
-ATTN_DEV __half zero_of(__half) { return __float2half_rn(0.0f); }
-ATTN_DEV float zero_of(float) { return 0.0f; }
-ATTN_DEV double zero_of(double) { return 0.0; }
-
-// Starts loading rows [0, NROWS) x columns [0, DB) of a tile into shared memory (row stride
-// LD): `valid` rows of `ncols` columns from src (row stride ncols), zeros elsewhere.  With
-// 16-byte rows (ncols a multiple of 16 bytes, src aligned) the copies are asynchronous
-// (cp.async, one group per call: the caller waits before reading); otherwise element loads,
-// done on return.
-template <typename T, int DB, int LD, int NROWS>
-ATTN_DEV void load_tile(T* dst, const T* src, int valid, int ncols, int tid)
-{
-    constexpr int NT = kThreads;
-    constexpr int V = 16 / sizeof(T);  // elements per 16-byte chunk
-    constexpr int CH = DB / V;
-    const bool vec = (ncols % V) == 0 &&
-        (reinterpret_cast<unsigned long long>(src) & 15ull) == 0;
-    if (vec) {
-        // a compile-time trip count (tid < NT): straight-line copies, no remainder loop
-        constexpr int ITERS = (NROWS * CH + NT - 1) / NT;
-#pragma unroll 4
-        for (int it = 0; it < ITERS; ++it) {
-            const int idx = tid + it * NT;
-            if ((NROWS * CH) % NT != 0 && idx >= NROWS * CH) break;
-            const int r = idx / CH, c = (idx - r * CH) * V;
-            const bool ok = r < valid && c < ncols;
-            cp_async16(dst + r * LD + c, ok ? src + static_cast<long long>(r) * ncols + c : src, ok);
-        }
-    } else {
-        const T zero = zero_of(T());
-        for (int idx = tid; idx < NROWS * DB; idx += NT) {
-            const int r = idx / DB, c = idx - r * DB;
-            dst[r * LD + c] = (r < valid && c < ncols) ? src[static_cast<long long>(r) * ncols + c] : zero;
-        }
-    }
-    cp_async_commit();
-}
 
 // two adjacent outputs (p 2-element aligned)
 ATTN_DEV void store2(__half* p, float a, float b) { *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b); }
@@ -795,14 +768,14 @@ attention_fwd_tc(const typename Ops::T* __restrict__ q, const typename Ops::T* _
     // the loop, V of this tile loads while Q Kᵀ and the softmax run, and K of the next tile
     // while P V runs.  One buffer each: the barrier before a load orders it after every warp's
     // last read of the buffer.
-    load_tile<T, DB, LD, BM>(sQ, qp, Lq - i0, D, tid);
-    if (kend > 0) load_tile<T, DB, LD, BN>(sK, kp, kend < BN ? kend : BN, D, tid);
+    fill_rows<T, T, DB, LD, BM>(sQ, qp, Lq - i0, D, tid);
+    if (kend > 0) fill_rows<T, T, DB, LD, BN>(sK, kp, kend < BN ? kend : BN, D, tid);
     for (int n0 = 0; n0 < kend; n0 += BN) {
         const int nvalid = kend - n0 < BN ? kend - n0 : BN;
         tl.n0 = n0;
         cp_async_wait<0>();
         __syncthreads();  // K (and Q) landed for every thread; no warp still reads sV
-        load_tile<T, DB, LD, BN>(sV, vp + static_cast<long long>(n0) * Dv, nvalid, Dv, tid);
+        fill_rows<T, T, DB, LD, BN>(sV, vp + static_cast<long long>(n0) * Dv, nvalid, Dv, tid);
 
         Acc s[MT][NS][4];
 #pragma unroll
@@ -822,7 +795,7 @@ attention_fwd_tc(const typename Ops::T* __restrict__ q, const typename Ops::T* _
         __syncthreads();  // V landed; no warp still reads sK
         if (n0 + BN < kend) {
             const int nnext = kend - n0 - BN < BN ? kend - n0 - BN : BN;
-            load_tile<T, DB, LD, BN>(sK, kp + static_cast<long long>(n0 + BN) * D, nnext, D, tid);
+            fill_rows<T, T, DB, LD, BN>(sK, kp + static_cast<long long>(n0 + BN) * D, nnext, D, tid);
         }
         Ops::template pv<DB, LD, MT, NS, NO>(o, s, sV, lane);
     }
