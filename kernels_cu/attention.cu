@@ -308,19 +308,31 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
                     for (int c = 0; c < CS; ++c) s[i][c] += qv[e] * kv[c][e];
             }
         }
+        // tiles with every key valid and no mask or bias only scale (one path, apart from
+        // the per-element rule below, which the compiler would otherwise interleave with it)
+        const bool plain = !has_mask && !has_bias && n0 + BN <= kend &&
+                           (!causal || n0 + BN - 1 <= i0 + offset);
+        if (plain) {
 #pragma unroll
-        for (int i = 0; i < RS; ++i) {
-            const int r = tsr + i * NRS;
-            const int qi = i0 + r;
+            for (int i = 0; i < RS; ++i)
 #pragma unroll
-            for (int c = 0; c < CS; ++c) {
-                const int cj = tsc + c * TCS;
-                const int kj = n0 + cj;
-                bool keep = qi < Lq && kj < kend && (!causal || kj <= qi + offset);
-                if (keep && has_mask) keep = mp[qi * ms2 + kj * ms3] != 0;
-                A val = s[i][c] * scale_log2;
-                if (keep && has_bias) val += attn::to_acc(bp[qi * bs2 + kj * bs3]) * log2e;
-                sP[r * PLD + cj] = keep ? val : attn::neg_inf<A>();
+                for (int c = 0; c < CS; ++c)
+                    sP[(tsr + i * NRS) * PLD + tsc + c * TCS] = s[i][c] * scale_log2;
+        } else {
+#pragma unroll
+            for (int i = 0; i < RS; ++i) {
+                const int r = tsr + i * NRS;
+                const int qi = i0 + r;
+#pragma unroll
+                for (int c = 0; c < CS; ++c) {
+                    const int cj = tsc + c * TCS;
+                    const int kj = n0 + cj;
+                    bool keep = qi < Lq && kj < kend && (!causal || kj <= qi + offset);
+                    if (keep && has_mask) keep = mp[qi * ms2 + kj * ms3] != 0;
+                    A val = s[i][c] * scale_log2;
+                    if (keep && has_bias) val += attn::to_acc(bp[qi * bs2 + kj * bs3]) * log2e;
+                    sP[r * PLD + cj] = keep ? val : attn::neg_inf<A>();
+                }
             }
         }
         __syncthreads();  // logits in sP; every warp is done with sK
