@@ -63,6 +63,11 @@ template <typename A, bool FAST> struct ExpShift {
 template <typename T> struct FastExp { static constexpr bool value = false; };
 template <> struct FastExp<__half> { static constexpr bool value = true; };
 
+// The row maximum of the warp and block kernels ignores NaN (blind_max: one instruction per
+// element).  A NaN still decides the row: with a finite maximum, exp(NaN - m) makes the sum
+// and so every output NaN; with m = -inf (or all NaN) the row is NaN anyway (mode 1); with
+// m = +inf, softmax is NaN (mode 1), and log_softmax, whose mode 2 ignores the sum, checks
+// the row for a NaN (rare: only rows holding +inf) and takes m = NaN if it finds one.
 template <typename A, bool LOG, bool FAST = false> struct RowFinish {
     A m, v;    // v = 1/s (softmax) or log(s) (log_softmax)
     int mode;  // 0: finite max; 1: every output NaN; 2: log_softmax with m == +inf
@@ -184,8 +189,14 @@ softmax_fwd_warp(const T* x, T* y, i64 rows, i64 n)
             }
         }
 #pragma unroll
-        for (int k = 0; k < K; ++k) mx.v = nan_max(mx.v, v[k]);
-        const A m = warp_reduce(mx).v;
+        for (int k = 0; k < K; ++k) mx.v = blind_max(mx.v, v[k]);
+        A m = warp_reduce(mx).v;
+        if (LOG && m == cu_inf<A>()) {  // warp-uniform; see RowFinish
+            bool nan = false;
+#pragma unroll
+            for (int k = 0; k < K; ++k) nan = nan || is_nan(v[k]);
+            if (__any_sync(kFullMask, nan)) m = cu_nan<A>();
+        }
         const ExpShift<A, FastExp<T>::value> ex(m);
         SumOp<A> s;
         s.v = A(0);
@@ -241,19 +252,25 @@ softmax_fwd_block(const T* x, T* y, i64 rows, i64 n)
 #pragma unroll 1
         for (i64 j = g.rank; j < h; j += g.size) {
             cache[j] = xr[j];
-            mx.v = nan_max(mx.v, Traits<T>::load(xr[j]));
+            mx.v = blind_max(mx.v, Traits<T>::load(xr[j]));
         }
         visit_packs<4>(xb, nvec, g.rank, g.size, [&](i64 p, const Pack<T>& pk) {
             cb[p] = pk;
 #pragma unroll
-            for (int u = 0; u < N; ++u) mx.v = nan_max(mx.v, Traits<T>::load(pk.v[u]));
+            for (int u = 0; u < N; ++u) mx.v = blind_max(mx.v, Traits<T>::load(pk.v[u]));
         });
 #pragma unroll 1
         for (i64 j = h + nvec * N + g.rank; j < n; j += g.size) {
             cache[j] = xr[j];
-            mx.v = nan_max(mx.v, Traits<T>::load(xr[j]));
+            mx.v = blind_max(mx.v, Traits<T>::load(xr[j]));
         }
-        const A m = g.reduce(mx).v;  // its barriers also publish the cache
+        A m = g.reduce(mx).v;  // its barriers also publish the cache
+        if (LOG && m == cu_inf<A>()) {  // block-uniform; see RowFinish
+            bool nan = false;
+#pragma unroll 1
+            for (i64 j = g.rank; j < n; j += g.size) nan = nan || is_nan(Traits<T>::load(cache[j]));
+            if (block_any(nan, reinterpret_cast<int*>(smem))) m = cu_nan<A>();
+        }
         // softmax of float/double keeps exp(x - m) in the cache (the same values the output
         // pass would recompute; each thread rewrites only the elements it read, and the
         // reduction's barriers publish them to the output pass); float16

@@ -109,6 +109,37 @@ def test_softmax_variants(variant, shape, opts, dtype, log):
         assert_close(out, ref, dtype, what=f"{variant} {shape} special={special}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("variant,opts", [("warp", {}), ("block", {}), ("online", {"threads": 64}),
+                                          ("split", {"chunk_len": 96, "threads": 32}),
+                                          ("3pass", {})], ids=lambda v: str(v))
+def test_rows_mixing_nan_and_inf(variant, opts, dtype, log):
+    """Rows holding NaN together with +inf, with -inf, with finite values only, all NaN: the
+    kernels take their maximum NaN-blind (one instruction) and find the NaN through the sum,
+    or (log_softmax at a +inf maximum, where the sum says nothing) by a separate check."""
+    n = 300
+    x = _logits((6, n, 1), dtype, seed=_seed("naninf", variant), special=False)
+    x[0, 7, 0] = np.nan
+    x[0, 11, 0] = np.inf          # NaN and +inf
+    x[1, 5, 0] = np.nan
+    x[1, ::2, 0] = -np.inf        # NaN among -inf
+    x[2, n - 1, 0] = np.nan       # NaN, finite rest (last element)
+    x[3, :, 0] = np.nan           # all NaN
+    x[4, 0, 0] = np.inf
+    x[4, 3, 0] = np.inf           # two +inf, no NaN
+    x[5, :, 0] = -np.inf
+    x[5, 9, 0] = np.nan           # NaN, the rest -inf
+    be = _backend(variant, opts)
+    out = np.full_like(x, 7)
+    be.softmax(x, out, log)
+    assert be.last_plan.variant == variant
+    f = sp.log_softmax if log else sp.softmax
+    with np.errstate(**_ERR):
+        ref = f(x.astype(np.float64), axis=1)
+    assert_close(out, ref, dtype, what=f"{variant} NaN/inf rows")
+
+
 @pytest.mark.parametrize("variant", ["warp", "block", "online", "split", "3pass"])
 def test_softmax_in_place(variant):
     """out may alias x (contract): every variant reads a row before writing it."""
