@@ -13,18 +13,21 @@
 //       simplest correct answer for any layout.
 //   softmax_fwd_warp<T, LOG, K>                                1R + 1W
 //       Short rows (n <= 32*K, K in {1,2,4,8,16,32}): one warp per row, the row lives in
-//       registers, two shuffle reductions; several rows per block, no shared memory.
+//       registers (16-byte packs per lane when rows are aligned), two shuffle reductions;
+//       several rows per block, no shared memory.
 //   softmax_fwd_block<T, LOG>                                  1R + 1W
 //       Medium rows that fit in shared memory: one block per row, the row is cached in
-//       dynamic shared memory by the first (128-bit) read, so global memory is read once.
+//       dynamic shared memory (at x's 16-byte phase) by the first read, four 16-byte loads
+//       in flight per thread, so global memory is read once.
 //   softmax_fwd_online<T, LOG>                                 2R + 1W
 //       Long rows: one block per row, one online (max, sum-exp) pass, then a transform pass
-//       that re-reads the row (from L2 when it fits) and writes it.
+//       that re-reads the row from its end (the part still in L2 first) and writes it.
 //   softmax_fwd_split_stats<T> + softmax_fwd_split_apply<T,LOG> 2R + 1W
 //       Few very long rows (outer small): each row is cut into chunks owned by different
 //       blocks; pass 1 writes a partial (m, s) per chunk to a workspace, pass 2 merges the
 //       row's partials (every block of a row merges them in the same order, so all agree to
-//       the bit) and normalises its chunk.  Two launches on one stream; no atomics.
+//       the bit) and normalises its chunk, chunks and packs in the reverse of pass 1's order
+//       (the part still in L2 first).  Two launches on one stream; no atomics.
 //   softmax_fwd_col<T, LOG>                                     2R + 1W
 //       Column layout (inner > 1): threadIdx.x walks inner so a warp reads contiguous
 //       memory, threadIdx.y splits n; the (m, s) of each column are merged in shared memory.
