@@ -316,14 +316,16 @@ CUSOFT_DEV void visit_pack_pairs(const Pack<T>* a, const Pack<T>* b, i64 nvec, i
     }
 }
 
-// row_visit over a row whose head (h elements) and 16-byte body (nvec packs from x + h)
-// are already known, e.g. a shared-memory copy laid out with the global row's phase.
+// Call f(j, x[j]) once for every j in [0, n), spread over threads rank..size-1 of a group.
+// The 16-byte-aligned body is read with 128-bit loads; head and tail elementwise.
 template <int U = 0, typename T, typename F>
-CUSOFT_DEV void row_visit_aligned(const T* x, i64 h, i64 nvec, i64 n, int rank, int size, F&& f)
+CUSOFT_DEV void row_visit(const T* x, i64 n, int rank, int size, F&& f)
 {
     constexpr int N = Pack<T>::N;
+    const i64 h = head_elems(x, n);
 #pragma unroll 1
     for (i64 j = rank; j < h; j += size) f(j, x[j]);
+    const i64 nvec = (n - h) / N;
     visit_packs<U ? U : PacksInFlight<T>::value>(reinterpret_cast<const Pack<T>*>(x + h), nvec, rank, size,
                 [&](i64 p, const Pack<T>& pk) {
 #pragma unroll
@@ -331,15 +333,6 @@ CUSOFT_DEV void row_visit_aligned(const T* x, i64 h, i64 nvec, i64 n, int rank, 
                 });
 #pragma unroll 1
     for (i64 j = h + nvec * N + rank; j < n; j += size) f(j, x[j]);
-}
-
-// Call f(j, x[j]) once for every j in [0, n), spread over threads rank..size-1 of a group.
-// The 16-byte-aligned body is read with 128-bit loads; head and tail elementwise.
-template <int U = 0, typename T, typename F>
-CUSOFT_DEV void row_visit(const T* x, i64 n, int rank, int size, F&& f)
-{
-    const i64 h = head_elems(x, n);
-    row_visit_aligned<U>(x, h, (n - h) / Pack<T>::N, n, rank, size, f);
 }
 
 // y[j] = f(j, x[j]) for j in [0, n).  Vector loads and stores when x and y share their

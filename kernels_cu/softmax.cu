@@ -245,28 +245,14 @@ softmax_fwd_block(const T* x, T* y, i64 rows, i64 n)
     const BlockGroup g(smem);
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         const T* xr = x + row * n;
-        const i64 h = head_elems(xr, n);
-        T* cache = reinterpret_cast<T*>(smem + kScratchBytes) + (N - h) % N;
-        const i64 nvec = (n - h) / N;
-        const Pack<T>* xb = reinterpret_cast<const Pack<T>*>(xr + h);
-        Pack<T>* cb = reinterpret_cast<Pack<T>*>(cache + h);
+        // the cache has x's 16-byte phase, so the row helpers take their 16-byte paths on it
+        T* cache = reinterpret_cast<T*>(smem + kScratchBytes) + (N - head_elems(xr, n)) % N;
         MaxOp<A> mx;
         mx.v = -cu_inf<A>();
-#pragma unroll 1
-        for (i64 j = g.rank; j < h; j += g.size) {
-            cache[j] = xr[j];
-            mx.v = blind_max(mx.v, Traits<T>::load(xr[j]));
-        }
-        visit_packs<4>(xb, nvec, g.rank, g.size, [&](i64 p, const Pack<T>& pk) {
-            cb[p] = pk;
-#pragma unroll
-            for (int u = 0; u < N; ++u) mx.v = blind_max(mx.v, Traits<T>::load(pk.v[u]));
+        row_transform<4>(xr, cache, n, g.rank, g.size, [&](i64, T v) {
+            mx.v = blind_max(mx.v, Traits<T>::load(v));
+            return v;
         });
-#pragma unroll 1
-        for (i64 j = h + nvec * N + g.rank; j < n; j += g.size) {
-            cache[j] = xr[j];
-            mx.v = blind_max(mx.v, Traits<T>::load(xr[j]));
-        }
         A m = g.reduce(mx).v;  // its barriers also publish the cache
         if (LOG && m == cu_inf<A>()) {  // block-uniform; see RowFinish
             bool nan = false;
@@ -276,54 +262,27 @@ softmax_fwd_block(const T* x, T* y, i64 rows, i64 n)
         }
         // softmax of float/double keeps exp(x - m) in the cache (the same values the output
         // pass would recompute; each thread rewrites only the elements it read, and the
-        // reduction's barriers publish them to the output pass); float16
-        // recomputes its one-instruction exp, since the half cache would round it
+        // reduction's barriers publish them to the output pass); float16 recomputes its
+        // one-instruction exp, since the half cache would round it
         constexpr bool KEEP = !LOG && sizeof(T) == sizeof(A);
         const ExpShift<A, FastExp<T>::value> ex(m);
         SumOp<A> s;
         s.v = A(0);
-#pragma unroll 1
-        for (i64 j = g.rank; j < h; j += g.size) {
-            const A e = ex(Traits<T>::load(cache[j]));
-            s.v += e;
-            if (KEEP) cache[j] = Traits<T>::store(e);
-        }
-        visit_packs<PacksInFlight<T>::value>(cb, nvec, g.rank, g.size, [&](i64 p, Pack<T> pk) {
-#pragma unroll
-            for (int u = 0; u < N; ++u) {
-                const A e = ex(Traits<T>::load(pk.v[u]));
+        if (KEEP) {
+            row_transform(cache, cache, n, g.rank, g.size, [&](i64, T v) {
+                const A e = ex(Traits<T>::load(v));
                 s.v += e;
-                if (KEEP) pk.v[u] = Traits<T>::store(e);
-            }
-            if (KEEP) cb[p] = pk;
-        });
-#pragma unroll 1
-        for (i64 j = h + nvec * N + g.rank; j < n; j += g.size) {
-            const A e = ex(Traits<T>::load(cache[j]));
-            s.v += e;
-            if (KEEP) cache[j] = Traits<T>::store(e);
+                return Traits<T>::store(e);
+            });
+        } else {
+            row_visit(cache, n, g.rank, g.size, [&](i64, T v) { s.v += ex(Traits<T>::load(v)); });
         }
         const RowFinish<A, LOG, FastExp<T>::value> fin(m, g.reduce(s).v);
-        // the output of one cached element: from the kept exp or from x
-        auto outv = [&](T c) {
+        // 16-byte stores where y shares x's phase (row_transform checks), from the kept exp
+        // or from x
+        row_transform(cache, y + row * n, n, g.rank, g.size, [&](i64, T c) {
             return Traits<T>::store(KEEP ? fin.from_exp(Traits<T>::load(c)) : fin(Traits<T>::load(c)));
-        };
-        T* yr = y + row * n;
-        if (head_elems(yr, n) == h) {  // y shares x's phase: 16-byte stores too
-            Pack<T>* yb = reinterpret_cast<Pack<T>*>(yr + h);
-#pragma unroll 1
-            for (i64 j = g.rank; j < h; j += g.size) yr[j] = outv(cache[j]);
-            visit_packs<PacksInFlight<T>::value>(cb, nvec, g.rank, g.size, [&](i64 p, Pack<T> pk) {
-#pragma unroll
-                for (int u = 0; u < N; ++u) pk.v[u] = outv(pk.v[u]);
-                yb[p] = pk;
-            });
-#pragma unroll 1
-            for (i64 j = h + nvec * N + g.rank; j < n; j += g.size) yr[j] = outv(cache[j]);
-        } else {
-#pragma unroll 1
-            for (i64 j = g.rank; j < n; j += g.size) yr[j] = outv(cache[j]);
-        }
+        });
         __syncthreads();  // the next row overwrites the cache
     }
 }
