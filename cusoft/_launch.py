@@ -349,9 +349,10 @@ def launch_backward(outer, n, inner, dtype, log, limits=DeviceLimits(), variant=
 
 #: Argument names of every xent kernel before its shape arguments (see kernels_cu/xent.cu).
 #: Flags and scalars are named too: the backend binds has_probs, has_weight, has_grad (int32),
-#: ignore_index (int64), smoothing and grad_scale (the accumulation dtype).
+#: ignore_index and scale_step (int64), smoothing (the accumulation dtype) and grad_scale
+#: (an array of the accumulation dtype: one value, scale_step 0, or one per row, step 1).
 XENT_ARGS = ("x", "labels", "probs", "has_probs", "weight", "has_weight", "ignore_index",
-             "smoothing", "loss", "grad", "has_grad", "grad_scale")
+             "smoothing", "loss", "grad", "has_grad", "grad_scale", "scale_step")
 
 
 def launch_xent(outer, n, inner, dtype, limits=DeviceLimits(), variant=None, threads=None,

@@ -19,6 +19,31 @@ def _host(a):
     return arrays.to_host(a)
 
 
+def _capturing(kind):
+    """Whether CuPy's current stream is capturing a CUDA graph (nothing may wait on it)."""
+    if kind != "cupy":
+        return False
+    import cupy
+
+    try:
+        return bool(cupy.cuda.get_current_stream().is_capturing())
+    except Exception:  # the query itself is illegal while another stream captures globally
+        return True
+
+
+def _mean_scale_on_device(xp, lab, w, ign, C):
+    """1 / (summed weight of the kept labels), NaN when it is 0, as a 0-d device array:
+    "mean" needs no host round trip, so the call stays capturable.  Out-of-range labels
+    (possible only under capture, where the kernels give them NaN rows) are counted with
+    weight 0 here; their NaN reaches the loss through the sum anyway."""
+    keep = (lab != ign) & (lab >= 0) & (lab < C)
+    if w is None:
+        den = keep.sum(dtype=np.float64)
+    else:
+        den = xp.where(keep, w[xp.where(keep, lab, 0)], 0).sum(dtype=np.float64)
+    return xp.where(den != 0, 1.0 / xp.where(den != 0, den, 1.0), np.nan)
+
+
 def check_logits(fname, x, axis):
     """The compute dtype, class axis, shape, class count and per-row shape of ``logits``
     (any array type), with the errors a NumPy user expects."""
@@ -50,7 +75,11 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
         "mean" divides by the summed weight of the non-ignored labels (labels) or by the
         number of rows (probabilities), as PyTorch does; "none" returns one loss per row.
     ignore_index : int, optional
-        Label whose rows add nothing to the loss or the gradient.
+        Label whose rows add nothing to the loss or the gradient.  Any other label outside
+        ``[0, C)`` raises ``ValueError``; on CuPy that check waits for one small reduction
+        on the GPU, so under CUDA graph capture (where nothing may wait) it is skipped and
+        such a row gets loss NaN and gradient NaN from the kernels instead.  Everything
+        else, the "mean" denominator included, stays on the device: the call is capturable.
     label_smoothing : float in [0, 1]
         The target becomes ``(1 - eps) * target + eps / C``.
     weight : array (C,), optional
@@ -91,13 +120,16 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
                              f"(logits without axis {ax}), got {tuple(t.shape)}")
         labels = v.astype(t, np.int64)
         ign = _NO_IGNORE if ignore_index is None else int(ignore_index)
-        # the check (one small reduction) runs where array arithmetic exists
-        lchk = _host(labels) if kind == "cuda" else labels
-        bad = (lchk != ign) & ((lchk < 0) | (lchk >= C))
-        if bool(bad.any()):
-            first = int(lchk[bad].ravel()[0])
-            raise ValueError(f"cusoft.{fname}: target label {first} is out of bounds for "
-                             f"{C} classes")
+        # The check (one small reduction) runs where array arithmetic exists; on CuPy its
+        # answer costs one host synchronisation, which a CUDA graph capture forbids: there
+        # the kernels' own rule applies instead (an out-of-range label gives a NaN row).
+        if not _capturing(kind):
+            lchk = _host(labels) if kind == "cuda" else labels
+            bad = (lchk != ign) & ((lchk < 0) | (lchk >= C))
+            if bool(bad.any()):
+                first = int(lchk[bad].ravel()[0])
+                raise ValueError(f"cusoft.{fname}: target label {first} is out of bounds "
+                                 f"for {C} classes")
     elif tdt.kind == "f":
         if tuple(t.shape) != shape:
             raise ValueError(f"cusoft.{fname}: probability target must have the shape of "
@@ -120,7 +152,9 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
     lab3 = None if labels is None else xp.ascontiguousarray(labels).reshape(outer, inner)
     prob3 = None if probs is None else v.to_canonical(xp, probs, (ax,))[0]
     # the reduction's factor, folded into the fused gradient
-    if reduction == "mean":
+    if reduction == "mean" and labels is not None and kind == "cupy":
+        scale = _mean_scale_on_device(xp, lab3, w, ign, C)
+    elif reduction == "mean":
         if labels is not None:
             lab, ww = (_host(lab3), _host(w)) if kind == "cuda" else (lab3, w)
             keep = lab != ign

@@ -3,10 +3,15 @@
 // For one row of logits x (C = n classes), weights w (or 1) and target t:
 //   loss   = -sum_c w_c t_c * log_softmax(x)_c      (a term with w_c t_c == 0 adds 0, so a
 //                                                     -inf logit with no target gives no NaN)
-//   grad_c = grad_scale * (p_c * W - w_c t_c)        p = softmax(x), W = sum_c w_c t_c
+//   grad_c = g_r * (p_c * W - w_c t_c)               p = softmax(x), W = sum_c w_c t_c
+// g_r = grad_scale[r * scale_step] for row r: one factor (step 0; it lives in device memory
+// so a "mean" denominator computed on the GPU needs no host round trip) or one per row.
 // The gradient is the fused form of d loss / d x: -t/p never appears, so p -> 0 is harmless.
 // Targets: int64 labels (t = (1-eps)*onehot + eps/C; a row whose label equals ignore_index
-// gives loss 0 and grad 0 without reading x) or probability rows laid out like x
+// gives loss 0 and grad 0 without reading x; a label outside [0, C) gives loss NaN and
+// grad NaN without reading x or weight: the public function rejects such labels first,
+// except under CUDA graph capture, where that check would synchronise) or probability rows
+// laid out like x
 // (t = (1-eps)*p + eps/C).  weight (has_weight), probs (has_probs) and grad (has_grad) are
 // optional: a flag plus a placeholder array (see common.cuh).  Special rows (non-finite max)
 // follow log_softmax's rule of cusoft/_backend.py; see LogpRule.
@@ -42,8 +47,27 @@ template <typename T> struct XentArgs {
     T* grad;
     int has_probs, has_weight, has_grad;
     i64 ignore_index;
-    A keep, base, scale;  // 1 - eps, eps / C, grad_scale
-    i64 n;
+    A keep, base;  // 1 - eps, eps / C
+    const A* scale;
+    i64 scale_step, n;
+
+    // A label row that is not computed: ignored, or a label outside [0, n).
+    CUSOFT_DEV bool skip(i64 label) const
+    {
+        return !has_probs && (label == ignore_index || label < 0 || label >= n);
+    }
+    // What a skipped row holds in loss and grad: 0 if ignored, else NaN.
+    CUSOFT_DEV A fill(i64 label) const { return label == ignore_index ? A(0) : cu_nan<A>(); }
+    // The gradient factor of row r.
+    CUSOFT_DEV A scale_of(i64 r) const { return scale[r * scale_step]; }
+    // These arguments with the targets (keep, base) multiplied by f: wt() gives f w_c t_c.
+    CUSOFT_DEV XentArgs scaled(A f) const
+    {
+        XentArgs b = *this;
+        b.keep *= f;
+        b.base *= f;
+        return b;
+    }
 
     // Loss without a second pass: labels, no smoothing, no gradient.
     CUSOFT_DEV bool label_only() const { return !has_probs && !has_grad && keep == A(1); }
@@ -128,20 +152,20 @@ template <typename A> struct XentState {
 // A loss term: zero-weight classes add nothing, whatever their log-probability.
 template <typename A> CUSOFT_DEV A loss_term(A wt, A logp) { return wt == A(0) ? A(0) : wt * logp; }
 
-template <typename T>
-CUSOFT_DEV T grad_value(const XentArgs<T>& a, acc_t<T> logp, acc_t<T> W, acc_t<T> wt)
+template <typename T> CUSOFT_DEV T grad_value(acc_t<T> scale, acc_t<T> logp, acc_t<T> W, acc_t<T> wt)
 {
-    return Traits<T>::store(a.scale * (cu_exp(logp) * W - wt));
+    return Traits<T>::store(scale * (cu_exp(logp) * W - wt));
 }
 
 #define CUSOFT_XENT_PARAMS                                                                      \
     const T *x, const i64 *labels, const T *probs, int has_probs, const T *weight, int has_weight, \
-        i64 ignore_index, acc_t<T> smoothing, T *loss, T *grad, int has_grad, acc_t<T> grad_scale
+        i64 ignore_index, acc_t<T> smoothing, T *loss, T *grad, int has_grad, const acc_t<T> *grad_scale, \
+        i64 scale_step
 
 template <typename T>
 CUSOFT_DEV XentArgs<T> xent_args(const T* x, const i64* labels, const T* probs, int has_probs, const T* weight,
                                  int has_weight, i64 ignore_index, acc_t<T> smoothing, T* loss, T* grad,
-                                 int has_grad, acc_t<T> grad_scale, i64 n)
+                                 int has_grad, const acc_t<T>* grad_scale, i64 scale_step, i64 n)
 {
     typedef acc_t<T> A;
     XentArgs<T> a;
@@ -158,6 +182,7 @@ CUSOFT_DEV XentArgs<T> xent_args(const T* x, const i64* labels, const T* probs, 
     a.keep = A(1) - smoothing;
     a.base = smoothing / A(n);
     a.scale = grad_scale;
+    a.scale_step = scale_step;
     a.n = n;
     return a;
 }
@@ -171,7 +196,7 @@ xent_warp(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
 {
     typedef acc_t<T> A;
     const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
-                                    grad, has_grad, grad_scale, n);
+                                    grad, has_grad, grad_scale, scale_step, n);
     const i64 wpb = blockDim.x / kWarp;
     const int lane = lane_id();
     // Loop bounds and the label are warp-uniform: the shuffles always see all 32 lanes.
@@ -180,11 +205,12 @@ xent_warp(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
         const T* xr = x + row * n;
         const T* pr = probs + (has_probs ? row * n : 0);
         T* gr = grad + row * n;
-        if (!has_probs && label == ignore_index) {
-            if (lane == 0) loss[row] = Traits<T>::store(A(0));
+        if (a.skip(label)) {
+            const T f = Traits<T>::store(a.fill(label));
+            if (lane == 0) loss[row] = f;
             if (has_grad)
 #pragma unroll 1
-                for (i64 j = lane; j < n; j += kWarp) gr[j] = Traits<T>::store(A(0));
+                for (i64 j = lane; j < n; j += kWarp) gr[j] = f;
             continue;
         }
         A v[K];
@@ -221,7 +247,7 @@ xent_warp(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
                 if (j < n) {
                     const A wt = a.wt(j, label, pr, 1), logp = lp(v[k]);
                     l.v += loss_term(wt, logp);
-                    if (has_grad) gr[j] = grad_value(a, logp, sw.w, wt);
+                    if (has_grad) gr[j] = grad_value<T>(a.scale_of(row), logp, sw.w, wt);
                 }
             }
             l = warp_reduce(l);
@@ -255,13 +281,13 @@ xent_block(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
     CUSOFT_DYN_SMEM(unsigned char, smem);
     const BlockGroup g(smem);
     const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
-                                    grad, has_grad, grad_scale, n);
+                                    grad, has_grad, grad_scale, scale_step, n);
     // Each case has a row loop of its own: one loop holding all three made ptxas spill.
     if (a.label_only()) {
         // Labels without smoothing or gradient: one pass; the loss needs x[label] only.
         for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
             const i64 label = labels[row];
-            if (label == ignore_index) continue;  // uniform; written below
+            if (a.skip(label)) continue;  // uniform; written below
             const XentState<A> st = xent_row_state(a, x + row * n, probs, label, g);
             const LogpRule<A> lp(st.ms.m, st.ms.s);
             if (g.rank == 0) loss[row] = Traits<T>::store(-loss_term(a.wt(label, label, probs, 1), lp(st.v)));
@@ -269,13 +295,14 @@ xent_block(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
     } else {
         for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
             const i64 label = has_probs ? -1 : labels[row];
-            if (!has_probs && label == ignore_index) continue;  // uniform; written below
+            if (a.skip(label)) continue;  // uniform; written below
             const T* xr = x + row * n;
             const T* pr = probs + (has_probs ? row * n : 0);
             T* gr = grad + row * n;
             // its barriers end every read of pass 1 before any gradient write (aliasing)
             const XentState<A> st = xent_row_state(a, xr, pr, label, g);
             const LogpRule<A> lp(st.ms.m, st.ms.s);
+            const A sc = has_grad ? a.scale_of(row) : A(0);
             SumOp<A> l;
             l.v = A(0);
             // The gradient store sits in the loop nest of the loss terms (two nests spilled)
@@ -283,7 +310,7 @@ xent_block(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
             row_visit(xr, n, g.rank, g.size, [&](i64 j, T v) {
                 const A wt = a.wt(j, label, pr, 1), logp = lp(Traits<T>::load(v));
                 l.v += loss_term(wt, logp);
-                if (has_grad) gr[j] = grad_value(a, logp, st.w, wt);
+                if (has_grad) gr[j] = grad_value<T>(sc, logp, st.w, wt);
             });
             l = g.reduce(l);  // also keeps the next row's scratch use behind this one
             if (g.rank == 0) loss[row] = Traits<T>::store(-l.v);
@@ -291,9 +318,11 @@ xent_block(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
     }
     if (has_probs) return;
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
-        if (labels[row] != ignore_index) continue;
-        if (g.rank == 0) loss[row] = Traits<T>::store(A(0));
-        if (has_grad) row_store(grad + row * n, n, g.rank, g.size, [&](i64) { return Traits<T>::store(A(0)); });
+        const i64 label = labels[row];
+        if (!a.skip(label)) continue;
+        const T f = Traits<T>::store(a.fill(label));
+        if (g.rank == 0) loss[row] = f;
+        if (has_grad) row_store(grad + row * n, n, g.rank, g.size, [&](i64) { return f; });
     }
 }
 
@@ -323,7 +352,7 @@ xent_col(CUSOFT_XENT_PARAMS, i64 outer, i64 n, i64 inner)
     typedef acc_t<T> A;
     CUSOFT_DYN_SMEM(XentState<A>, slots);
     const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
-                                    grad, has_grad, grad_scale, n);
+                                    grad, has_grad, grad_scale, scale_step, n);
     const int bx = (int)blockDim.x;
     const i64 itiles = (inner + bx - 1) / bx;
     for (i64 t = blockIdx.x; t < outer * itiles; t += gridDim.x) {
@@ -332,7 +361,7 @@ xent_col(CUSOFT_XENT_PARAMS, i64 outer, i64 n, i64 inner)
         const i64 label = (active && !has_probs) ? labels[o * inner + i] : -1;
         // Columns of one block differ (ignored or not, active or not), but every thread
         // takes part in both merges below: they contain barriers.
-        const bool live = active && (has_probs || label != ignore_index);
+        const bool live = active && !a.skip(label);
         const i64 base = o * n * inner + i;
         const T* pr = probs + (has_probs ? base : 0);
         XentState<A> st;
@@ -352,19 +381,21 @@ xent_col(CUSOFT_XENT_PARAMS, i64 outer, i64 n, i64 inner)
         if (live && a.label_only()) {
             if (threadIdx.y == 0) l.v = loss_term(a.wt(label, label, pr, inner), lp(st.v));
         } else if (live) {
+            const A sc = has_grad ? a.scale_of(o * inner + i) : A(0);
 #pragma unroll 1
             for (i64 j = threadIdx.y; j < n; j += blockDim.y) {
                 const i64 e = base + j * inner;
                 const A wt = a.wt(j, label, pr, inner), logp = lp(Traits<T>::load(x[e]));
                 l.v += loss_term(wt, logp);
-                if (has_grad) grad[e] = grad_value(a, logp, st.w, wt);
+                if (has_grad) grad[e] = grad_value<T>(sc, logp, st.w, wt);
             }
         } else if (active && has_grad) {
+            const T f = Traits<T>::store(a.fill(label));
 #pragma unroll 1
-            for (i64 j = threadIdx.y; j < n; j += blockDim.y) grad[base + j * inner] = Traits<T>::store(A(0));
+            for (i64 j = threadIdx.y; j < n; j += blockDim.y) grad[base + j * inner] = f;
         }
         l = col_merge(l, reinterpret_cast<SumOp<A>*>(slots));
-        if (active && threadIdx.y == 0) loss[o * inner + i] = Traits<T>::store(live ? -l.v : A(0));
+        if (active && threadIdx.y == 0) loss[o * inner + i] = Traits<T>::store(live ? -l.v : a.fill(label));
     }
 }
 
@@ -384,7 +415,8 @@ xent_col(CUSOFT_XENT_PARAMS, i64 outer, i64 n, i64 inner)
 // is not finite stores D = sum w_c t_c x_c instead; the special rows use it (LogpRule's
 // cases: an all -inf or NaN row gives NaN when it has a term; a +inf max gives NaN when a
 // term sits at a +inf logit, else +inf).  K counts the terms, so a row without any gives 0.
-// Ignored label rows: stats skip them (ws is not read); apply writes loss 0 and grad 0.
+// Ignored label rows: stats skip them (ws is not read); apply writes loss 0 and grad 0 (NaN
+// for a label outside [0, n)).
 // grad may alias x: stats reads all of x before the apply launch; apply reads an element
 // of its own chunk before the same thread overwrites it.
 // Dynamic shared memory: kScratchBytes (4 values per warp).
@@ -400,12 +432,12 @@ xent_split_stats(CUSOFT_XENT_PARAMS, acc_t<T>* ws, i64 rows, i64 n, i64 chunks, 
     CUSOFT_DYN_SMEM(unsigned char, smem);
     const BlockGroup g(smem);
     const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
-                                    grad, has_grad, grad_scale, n);
+                                    grad, has_grad, grad_scale, scale_step, n);
     for (i64 b = blockIdx.x; b < rows * chunks; b += gridDim.x) {
         const i64 row = b / chunks, start = (b % chunks) * chunk_len;
         const i64 len = n - start < chunk_len ? n - start : chunk_len;
         const i64 label = has_probs ? -1 : labels[row];
-        if (!has_probs && label == ignore_index) continue;  // uniform; apply writes the row
+        if (a.skip(label)) continue;  // uniform; apply writes the row
         const T* xc = x + row * n + start;
         const T* pr = probs + (has_probs ? row * n : 0);
         XentState<A> st;
@@ -446,16 +478,17 @@ xent_split_apply(CUSOFT_XENT_PARAMS, const acc_t<T>* ws, i64 rows, i64 n, i64 ch
     CUSOFT_DYN_SMEM(unsigned char, smem);
     const BlockGroup g(smem);
     const XentArgs<T> a = xent_args(x, labels, probs, has_probs, weight, has_weight, ignore_index, smoothing, loss,
-                                    grad, has_grad, grad_scale, n);
+                                    grad, has_grad, grad_scale, scale_step, n);
     for (i64 b = blockIdx.x; b < rows * chunks; b += gridDim.x) {
         const i64 row = b / chunks, chunk = b % chunks, start = chunk * chunk_len;
         const i64 len = n - start < chunk_len ? n - start : chunk_len;
         if (!has_grad && chunk != 0) continue;  // nothing to write (uniform)
         const i64 label = has_probs ? -1 : labels[row];
         T* gc = grad + row * n + start;
-        if (!has_probs && label == ignore_index) {
-            if (chunk == 0 && g.rank == 0) loss[row] = Traits<T>::store(A(0));
-            if (has_grad) row_store(gc, len, g.rank, g.size, [&](i64) { return Traits<T>::store(A(0)); });
+        if (a.skip(label)) {
+            const T f = Traits<T>::store(a.fill(label));
+            if (chunk == 0 && g.rank == 0) loss[row] = f;
+            if (has_grad) row_store(gc, len, g.rank, g.size, [&](i64) { return f; });
             continue;
         }
         const A* wr = ws + kXentSplitVals * row * chunks;
@@ -502,11 +535,14 @@ xent_split_apply(CUSOFT_XENT_PARAMS, const acc_t<T>* ws, i64 rows, i64 n, i64 ch
         }
         if (has_grad) {
             const T* pr = probs + (has_probs ? row * n : 0);
+            // f (p W - w t) = p (f W) - w (f t): the row's factor f goes into W and the targets
+            // once (kept in a register of its own it made the double kernel spill).
+            const A f = a.scale_of(row), fW = f * st.w;
+            const XentArgs<T> b = a.scaled(f);
             // elementwise: the pack of x is in registers before gc[j] is written (aliasing);
             // one pack in flight: the gradient body inlined four times spills on sm_90
             row_visit<1>(x + row * n + start, len, g.rank, g.size, [&](i64 j, T v) {
-                const A wt = a.wt(start + j, label, pr, 1);
-                gc[j] = grad_value(a, lp(Traits<T>::load(v)), st.w, wt);
+                gc[j] = Traits<T>::store(cu_exp(lp(Traits<T>::load(v))) * fW - b.wt(start + j, label, pr, 1));
             });
         }
     }

@@ -140,6 +140,91 @@ def test_out_in_place_stream_and_graph_capture():
     assert_close(cp.asnumpy(out), ref, np.float32)
 
 
+def test_every_public_function_is_graph_capturable():
+    """Each public call on CuPy arrays launches on the current stream and never waits on the
+    GPU: a D2H copy or a synchronisation inside a capture raises.  The graph, launched
+    after NaN-filling the outputs the capture allocated, rewrites them bit-identically.
+    Each call runs once on the capturing stream first: it compiles there, and CuPy's
+    per-stream pool then holds blocks for the capture's allocations (no cudaMalloc in it)."""
+    cp = _cp()
+    rng = np.random.default_rng(3)
+    x = cp.asarray(_adversarial((300, 1500), np.float32))
+    big = cp.asarray(rng.standard_normal(3_000_001).astype(np.float32))   # split rows
+    col = cp.asarray(rng.standard_normal((40, 33, 17)).astype(np.float32))
+    bb = cp.asarray(rng.uniform(-1, 1, 1500).astype(np.float32))
+    y = cusoft.softmax(x, axis=1)
+    dy = cp.asarray(rng.standard_normal((300, 1500)).astype(np.float32))
+    lab = cp.asarray(rng.integers(0, 1500, 300))
+    lab[::7] = -100
+    w = cp.asarray(rng.uniform(0.5, 2, 1500).astype(np.float32))
+    q = cp.asarray(rng.standard_normal((2, 4, 100, 64)).astype(np.float16))
+    kv = cp.asarray(rng.standard_normal((2, 2, 130, 64)).astype(np.float16))
+    keep = cp.asarray(rng.random((100, 130)) < 0.9)
+    calls = {
+        "softmax": lambda: cusoft.softmax(x, axis=1),
+        "log_softmax col": lambda: cusoft.log_softmax(col, axis=1),
+        "softmax split": lambda: cusoft.softmax(big),
+        "logsumexp b sign": lambda: cusoft.logsumexp(x, axis=1, b=bb, return_sign=True),
+        "logsumexp split": lambda: cusoft.logsumexp(big),
+        "partial + merge": lambda: cusoft.merge_partials(cusoft.logsumexp_partial(x[:150]),
+                                                         cusoft.logsumexp_partial(x[150:])),
+        "softmax_backward": lambda: cusoft.softmax_backward(y, dy, axis=1),
+        "log_softmax_backward": lambda: cusoft.log_softmax_backward(y, dy, axis=1),
+        "xent mean weighted": lambda: cusoft.softmax_cross_entropy(
+            x, lab, ignore_index=-100, weight=w, label_smoothing=0.1, return_grad=True),
+        "xent probs": lambda: cusoft.softmax_cross_entropy(x, y, return_grad=True),
+        "xent sum split": lambda: cusoft.softmax_cross_entropy(big.reshape(1, -1),
+                                                               cp.zeros(1, cp.int64),
+                                                               reduction="sum"),
+        "attention": lambda: cusoft.attention(q, kv, kv, causal=True, mask=keep,
+                                              return_lse=True),
+    }
+    s = cp.cuda.Stream(non_blocking=True)
+    for name, fn in calls.items():
+        with s:
+            res = fn()
+            ref = [cp.asnumpy(a) for a in (res if isinstance(res, tuple) else (res,))]
+            del res
+            s.begin_capture()
+            try:
+                res = fn()
+            finally:
+                g = s.end_capture()
+        got = res if isinstance(res, tuple) else (res,)
+        for a in got:
+            a.fill(np.nan)
+        cp.cuda.Device().synchronize()
+        g.launch(stream=s)
+        s.synchronize()
+        for a, r in zip(got, ref):
+            np.testing.assert_array_equal(cp.asnumpy(a), r, err_msg=name)
+
+
+def test_out_of_range_label_under_capture_is_a_nan_row():
+    """Outside a capture an out-of-range label raises; inside one the check would wait on
+    the GPU, so the kernels' rule applies: that row's loss and gradient are NaN."""
+    cp = _cp()
+    x = cp.asarray(np.random.default_rng(4).standard_normal((6, 50)).astype(np.float32))
+    lab = cp.asarray([1, 2, 50, 3, -1, 4])
+    with pytest.raises(ValueError, match="out of bounds"):
+        cusoft.softmax_cross_entropy(x, lab)
+    good = cp.asarray([1, 2, 0, 3, 0, 4])
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        ok = [cp.asnumpy(a) for a in cusoft.softmax_cross_entropy(x, good, reduction="none",
+                                                                  return_grad=True)]
+        s.begin_capture()
+        res = cusoft.softmax_cross_entropy(x, lab, reduction="none", return_grad=True)
+        g = s.end_capture()
+    g.launch(stream=s)
+    s.synchronize()
+    loss, grad = cp.asnumpy(res[0]), cp.asnumpy(res[1])
+    bad = np.array([False, False, True, False, True, False])
+    assert np.isnan(loss[bad]).all() and np.isnan(grad[bad]).all()
+    np.testing.assert_array_equal(loss[~bad], ok[0][~bad])
+    np.testing.assert_array_equal(grad[~bad], ok[1][~bad])
+
+
 @pytest.mark.slow
 def test_more_than_2_31_elements():
     cp = _cp()

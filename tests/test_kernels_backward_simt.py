@@ -294,18 +294,65 @@ def test_xent_nonfinite_rows(variant, opts, eps):
     assert_close(grad, rg, np.float32, what="grad")
 
 
-def test_xent_per_row_grad_scale():
-    """A per-row grad_scale array (allowed by the contract) scales each row's gradient."""
-    be = _backend("block", {"threads": 64})
-    x = _xent_logits((3, 100, 1), np.float64, 6, False)
-    labels = _labels(x.shape, 6, None)
-    scale = np.array([[0.5], [2.0], [-1.0]])
-    loss = np.empty((3, 1))
-    grad = np.empty_like(x)
-    be.cross_entropy(x, labels, None, None, _NO_IGNORE, 0.0, loss, grad, scale)
-    rl, rg = _numerics.cross_entropy_block(x, labels, None, None, _NO_IGNORE, 0.0, scale, True)
-    assert_close(loss, rl, np.float64, what="loss")
-    assert_close(grad, rg, np.float64, what="grad")
+#: one case per variant, split with 3 chunks per row
+_XENT_ONE_EACH = [("warp", (4, 37, 1), {}), ("block", (4, 300, 1), {"threads": 64}),
+                  ("split", (4, 300, 1), {"chunk_len": 128, "threads": 32}),
+                  ("col", (2, 17, 3), {})]
+
+
+@pytest.mark.parametrize("variant,shape,opts", _XENT_ONE_EACH, ids=_ids(_XENT_ONE_EACH))
+def test_xent_per_row_grad_scale(variant, shape, opts):
+    """grad_scale reaches the kernels as an array: one value, or one per row (step 1)."""
+    be = _backend(variant, opts)
+    x = _xent_logits(shape, np.float64, 6, False)
+    outer, n, inner = shape
+    labels = _labels(shape, 6, None)
+    rows = np.array([0.5, 2.0, -1.0, 3.0, 0.25, 1.5])[: outer * inner].reshape(outer, inner)
+    w = np.random.default_rng(6).uniform(0.5, 2.0, n)
+    for scale in (rows, 0.125, np.float64(-2.0)):
+        for eps, weight in ((0.0, None), (0.1, w)):
+            loss = np.empty((outer, inner))
+            grad = np.empty_like(x)
+            be.cross_entropy(x, labels, None, weight, _NO_IGNORE, eps, loss, grad, scale)
+            assert be.last_plan.variant == variant
+            rl, rg = _numerics.cross_entropy_block(x, labels, None, weight, _NO_IGNORE, eps,
+                                                   scale, True)
+            assert_close(loss, rl, np.float64, what="loss")
+            assert_close(grad, rg, np.float64, what=f"grad, scale {np.ndim(scale)}-d, eps {eps}")
+
+
+@pytest.mark.parametrize("variant,shape,opts", _XENT_ONE_EACH, ids=_ids(_XENT_ONE_EACH))
+def test_xent_out_of_range_labels_give_nan_rows(variant, shape, opts):
+    """The kernels' own guard (the public check is skipped only under graph capture): a label
+    outside [0, C) gives loss NaN and grad NaN, reads neither x[label] nor weight[label]
+    (ASan would fail the build's run), and leaves the other rows exactly as without it."""
+    be = _backend(variant, opts)
+    x = _xent_logits(shape, np.float32, 9, False)
+    outer, n, inner = shape
+    good = _labels(shape, 9, -100)
+    labels = good.copy()
+    bad = np.zeros(good.shape, bool)
+    bad.flat[0], bad.flat[-1] = True, True
+    labels.flat[0], labels.flat[-1] = n, -1          # -1 != ignore_index: out of range
+    if outer * inner > 4:
+        labels.flat[4], bad.flat[4] = 2 ** 40, True
+    w = np.random.default_rng(9).uniform(0.5, 2.0, n).astype(np.float32)
+    for eps, weight, want_grad in ((0.0, None, False), (0.0, w, False), (0.1, w, True),
+                                   (0.0, None, True)):
+        loss = np.full((outer, inner), 7, np.float32)
+        grad = np.full_like(x, 7) if want_grad else None
+        be.cross_entropy(x, labels, None, weight, -100, eps, loss, grad, 1.0)
+        ref_loss = np.full_like(loss, 7)
+        ref_grad = np.full_like(x, 7) if want_grad else None
+        be.cross_entropy(x, np.where(bad, -100, labels), None, weight, -100, eps, ref_loss,
+                         ref_grad, 1.0)
+        what = f"{variant} eps={eps} weight={weight is not None} grad={want_grad}"
+        assert np.all(np.isnan(loss[bad])), what
+        np.testing.assert_array_equal(loss[~bad], ref_loss[~bad], err_msg=what)
+        if want_grad:
+            g, rg = grad.transpose(0, 2, 1), ref_grad.transpose(0, 2, 1)
+            assert np.all(np.isnan(g[bad])), what
+            np.testing.assert_array_equal(g[~bad], rg[~bad], err_msg=what)
 
 
 def test_every_launch_name_is_compiled():

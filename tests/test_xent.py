@@ -87,6 +87,30 @@ def test_all_ignored_mean_is_nan():
     assert np.isnan(loss)
 
 
+def test_device_mean_denominator_matches_the_host_one():
+    """CuPy's "mean" factor is computed with array operations on the device (no host round
+    trip); the same code on NumPy arrays gives the host formula, 1 / sum of kept weights."""
+    from cusoft import _xent
+
+    rng = np.random.default_rng(5)
+    lab = rng.integers(0, 7, (4, 3))
+    lab[0, 1] = -100
+    w = rng.uniform(0.5, 2.0, 7)
+    for weight in (None, w):
+        kept = lab != -100
+        den = kept.sum() if weight is None else w[lab[kept]].sum()
+        got = _xent._mean_scale_on_device(np, lab, weight, -100, 7)
+        assert got.ndim == 0 and got == pytest.approx(1 / den, rel=1e-15)
+    assert np.isnan(_xent._mean_scale_on_device(np, np.full((2, 2), -100), w, -100, 7))
+    # labels out of range (possible only under capture) count as weight 0, never index w
+    bad = lab.copy()
+    bad[1, 1], bad[2, 2] = 7, -3
+    kept = (bad != -100) & (bad >= 0) & (bad < 7)
+    got = _xent._mean_scale_on_device(np, bad, w, -100, 7)
+    assert got == pytest.approx(1 / w[bad[kept]].sum(), rel=1e-15)
+    assert not _xent._capturing("host") and not _xent._capturing("cuda")
+
+
 def test_errors():
     x = np.zeros((4, 3))
     with pytest.raises(ValueError, match="out of bounds"):

@@ -118,10 +118,21 @@ class KernelBackend(Backend):
         if plan.variant == "empty-rows":
             loss[...] = 0   # no classes: every term of the sum is absent
             return
-        acc = _launch.acc_dtype(x.dtype).type
-        # The kernels take grad_scale as one scalar (the public functions pass a Python
-        # float); a per-row array is applied afterwards, on the gradient it scales.
-        row_scale = None if numpy.ndim(grad_scale) == 0 else grad_scale
+        acc = _launch.acc_dtype(x.dtype)
+        # grad_scale reaches the kernels as an array: one value (a Python float, or a
+        # device array the caller computed without leaving the GPU) or one per row.
+        if numpy.ndim(grad_scale) == 0 or numpy.size(grad_scale) == 1:
+            step = 0
+            if numpy.ndim(grad_scale) == 0 and not hasattr(grad_scale, "shape"):
+                scale = self._empty(x, 1, acc)
+                scale[...] = float(grad_scale)
+            else:
+                scale = grad_scale.reshape(1).astype(acc, copy=False)
+        else:
+            step = 1
+            scale = grad_scale.reshape(outer * inner).astype(acc, copy=False)
+            if not scale.flags.c_contiguous:
+                scale = scale.copy()
         named = {
             "x": x,
             # placeholders for absent optional arrays (flags say which are real)
@@ -129,14 +140,12 @@ class KernelBackend(Backend):
             "probs": x if probs is None else probs, "has_probs": numpy.int32(probs is not None),
             "weight": x if weight is None else weight,
             "has_weight": numpy.int32(weight is not None),
-            "ignore_index": numpy.int64(ignore_index), "smoothing": acc(smoothing),
+            "ignore_index": numpy.int64(ignore_index), "smoothing": acc.type(smoothing),
             "loss": loss, "grad": x if grad is None else grad,
             "has_grad": numpy.int32(grad is not None),
-            "grad_scale": acc(1.0 if row_scale is not None else float(grad_scale)),
+            "grad_scale": scale, "scale_step": numpy.int64(step),
         }
         self._run(plan, named, x)
-        if grad is not None and row_scale is not None:
-            grad *= row_scale.reshape(outer, 1, inner).astype(grad.dtype, copy=False)
 
 
 class CupyBackend(KernelBackend):
