@@ -608,7 +608,17 @@ def _xent_grad(xb, tb, st, cb, wb, tot, scale, **kw):
     with np.errstate(**_ERR):
         g = xp.exp(_logp(xb, st)) * xp.asarray(tot) - wt
         g = g * xp.asarray(scale, dtype=g.dtype)
+    if kw["labels"]:
+        g = _zero_ignored(g, tb, kw["ign"], kw["ax"])
     return g.astype(dt, copy=False)
+
+
+def _zero_ignored(g, tb, ign, ax):
+    """``g`` with the rows of ignored labels exactly 0 (the backends' rule), whatever their
+    logits or the reduction's factor (NaN for an all-ignored "mean")."""
+    xp = _xp_of(g)
+    return xp.where(xp.expand_dims(xp.asarray(tb) != ign, ax), g, 0).astype(g.dtype,
+                                                                          copy=False)
 
 
 def _den_block(lab, w, *, ign):
@@ -703,6 +713,10 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
                                    meta=_meta(x, x.ndim, dt))
             if not (isinstance(scale, float) and scale == 1.0):
                 grad = (grad * scale).astype(dt)
+                if labels:
+                    grad = da.blockwise(functools.partial(_zero_ignored, ign=ign, ax=ax), idx,
+                                        grad, idx, t, ridx, dtype=dt, align_arrays=False,
+                                        meta=_meta(x, x.ndim, dt))
         else:
             loss_k = da.blockwise(fn, idx, x, idx, *targ, *wargs, dtype=dt,
                                   align_arrays=False, adjust_chunks={ax: 1},

@@ -172,4 +172,8 @@ def cross_entropy_block(x, labels, probs, weight, ignore_index, smoothing, grad_
             grad = np.exp(logp) * tot - wt
             scale = grad_scale if np.isscalar(grad_scale) else np.asarray(grad_scale)[:, None, :]
             grad = grad * scale
+            if keep is not None:
+                # ignored rows are exactly 0, whatever their logits or the factor (an
+                # all-ignored "mean" has factor NaN)
+                grad = np.where(keep[:, None, :], grad, 0)
     return loss.astype(x.dtype, copy=False), grad

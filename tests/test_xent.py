@@ -87,6 +87,40 @@ def test_all_ignored_mean_is_nan():
     assert np.isnan(loss)
 
 
+def _xent_on(backend, x, lab, **kw):
+    if backend == "dask":
+        import dask.array as da
+
+        # the class axis over two chunks, and in one chunk
+        out = []
+        for chunks in ((2, 3), (2, -1)):
+            loss, g = cusoft.softmax_cross_entropy(da.from_array(x, chunks=chunks), lab,
+                                                   return_grad=True, **kw)
+            out.append((np.asarray(loss.compute()), g.compute()))
+        assert_close(out[0][1], out[1][1], np.float64)
+        return out[0]
+    return cusoft.softmax_cross_entropy(x, lab, return_grad=True, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "simt", "dask"])
+def test_ignored_rows_have_exactly_zero_gradient(backend):
+    """An ignored row's gradient is 0 on every backend, whatever its logits (NaN, +inf) and
+    even when "mean" has nothing to divide by (loss NaN, factor NaN)."""
+    x = np.random.default_rng(7).standard_normal((5, 6))
+    x[1, 2], x[3, 0] = np.nan, np.inf
+    lab = np.array([0, 4, 5, 1, 2])
+    loss, g = _xent_on(backend, x, np.full(5, 3), ignore_index=3)
+    assert np.isnan(loss) and np.all(g == 0)
+    loss, g = _xent_on(backend, x, np.where([0, 1, 0, 1, 0], 3, lab), ignore_index=3,
+                       label_smoothing=0.1)
+    assert np.all(g[[1, 3]] == 0)
+    keep = [0, 2, 4]
+    ref_l, ref_g = cusoft.softmax_cross_entropy(x[keep], lab[keep], label_smoothing=0.1,
+                                                return_grad=True, backend="cpu")
+    assert_close(loss, ref_l, np.float64)
+    assert_close(g[keep], ref_g, np.float64)
+
+
 def test_device_mean_denominator_matches_the_host_one():
     """CuPy's "mean" factor is computed with array operations on the device (no host round
     trip); the same code on NumPy arrays gives the host formula, 1 / sum of kept weights."""

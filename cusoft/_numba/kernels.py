@@ -575,8 +575,8 @@ def _build(ACC):
             wt = xent_wt(j, lab, keep, p, w, lab_mode, eps_a, eps_c, one)
             if wt != 0:  # 0 * (-inf) would be NaN: a class without target adds nothing
                 acc += wt * lsm
-            if flags & XENT_GRAD:
-                grad[base + j] = g * (ACC(math.exp(lsm)) * tot - wt)
+            if flags & XENT_GRAD:  # an ignored row is 0, whatever its logits and g
+                grad[base + j] = g * (ACC(math.exp(lsm)) * tot - wt) if keep else ACC(0)
         acc = warp_sum(acc)
         if lane == 0:
             loss[row] = -acc
@@ -615,8 +615,8 @@ def _build(ACC):
             wt = xent_wt(j, lab, keep, p, w, lab_mode, eps_a, eps_c, one)
             if wt != 0:
                 acc += wt * lsm
-            if flags & XENT_GRAD:
-                grad[base + j] = g * (ACC(math.exp(lsm)) * tot - wt)
+            if flags & XENT_GRAD:  # an ignored row is 0, whatever its logits and g
+                grad[base + j] = g * (ACC(math.exp(lsm)) * tot - wt) if keep else ACC(0)
         acc = block_sum(acc, sh_s)
         if cuda.threadIdx.x == 0:
             loss[row] = -acc
@@ -652,7 +652,8 @@ def _build(ACC):
                 if wt != 0:
                     acc += wt * lsm
                 if flags & XENT_GRAD:
-                    grad[base + j * inner] = g * (ACC(math.exp(lsm)) * tot - wt)
+                    grad[base + j * inner] = (g * (ACC(math.exp(lsm)) * tot - wt) if keep
+                                              else ACC(0))
             loss[col] = -acc
 
     fns = [softmax_fwd_warp, softmax_fwd_block, softmax_fwd_split, softmax_fwd_split_norm,

@@ -58,6 +58,14 @@ def test_every_public_function_on_device_arrays():
     loss_c, grad_c = cusoft.softmax_cross_entropy(x, lab, backend="cpu", return_grad=True)
     M.assert_close(np.asarray(loss), np.asarray(loss_c), np.float64, "xent loss")
     M.assert_close(grad, grad_c, np.float64, "xent grad")
+    # ignored rows: gradient exactly 0, even with NaN/inf logits or nothing to average
+    xs = x.copy()
+    xs[1, 2], xs[3, 0] = np.nan, np.inf
+    for lab_i in (np.full(4, 7), np.array([0, 7, 5, 7])):
+        loss, grad = cusoft.softmax_cross_entropy(xs, lab_i, ignore_index=7, backend="numba",
+                                                  return_grad=True)
+        assert np.all(grad[lab_i == 7] == 0), grad
+        assert np.isnan(loss) == bool(np.all(lab_i == 7))
     # integer input on the device path promotes like SciPy
     xi = rng.integers(-5, 5, (3, 7))
     M.assert_close(cusoft.softmax(xi, axis=1, backend="numba"),
