@@ -14,6 +14,7 @@ from ._attention_cpu import acc_dtype, attention_naive, attention_tiled
 _METHODS = (None, "auto", "tiled", "naive", "fma", "mma")
 
 
+@_dispatch.on_input_device
 def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return_lse=False,
               out=None, backend=None, method=None, _causal_offset=None):
     """Scaled dot-product attention over the last two axes, FlashAttention-style.
@@ -168,6 +169,7 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None, bias=None, return
     return res
 
 
+@_dispatch.on_input_device
 def merge_attention(*parts):
     """Combine ``(out, lse)`` pairs computed over disjoint key/value chunks into the
     ``(out, lse)`` of attention over their union.

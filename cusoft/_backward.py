@@ -8,6 +8,7 @@ from . import _dispatch
 from . import _validate as v
 
 
+@_dispatch.on_input_device
 def softmax_backward(y, dy, axis=None, *, out=None, backend=None):
     """Vector-Jacobian product of softmax: ``y * (dy - sum(dy * y, axis))``.
 
@@ -18,6 +19,7 @@ def softmax_backward(y, dy, axis=None, *, out=None, backend=None):
     return _backward("softmax_backward", y, dy, axis, out, backend, log=False)
 
 
+@_dispatch.on_input_device
 def log_softmax_backward(y, dy, axis=None, *, out=None, backend=None):
     """Vector-Jacobian product of log_softmax: ``dy - exp(y) * sum(dy, axis)``,
     with ``y`` the log_softmax output."""

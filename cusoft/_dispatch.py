@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 
 import numpy as np
@@ -104,3 +105,40 @@ def choose(x, backend=None):
         return backend
     kind = array_kind(x)
     return {"host": "cpu", "cupy": "cupy", "cuda": "numba", "dask": "dask"}[kind]
+
+
+def _cupy_devices(values, found):
+    for a in values:
+        if type(a).__module__.split(".", 1)[0] == "cupy" and hasattr(a, "device"):
+            found.add(a.device.id)
+        elif isinstance(a, (tuple, list)):   # merge_partials / merge_attention take pairs
+            _cupy_devices(a, found)
+    return found
+
+
+def on_input_device(fn):
+    """Run the public function ``fn`` on the GPU its CuPy arguments live on.
+
+    CuPy allocates and launches on the *current* device; an array of another GPU would be
+    read across devices (a fault without peer access, a slow path with it).  So the call
+    switches to the arrays' device for its duration, as PyTorch does, and arrays on
+    different devices raise ``ValueError``, as CuPy's own functions do.  Calls without
+    CuPy arrays pass straight through."""
+
+    @functools.wraps(fn)
+    def on_device(*args, **kwargs):
+        devs = _cupy_devices(kwargs.values(), _cupy_devices(args, set()))
+        if not devs:
+            return fn(*args, **kwargs)
+        if len(devs) > 1:
+            raise ValueError(f"cusoft.{fn.__name__}: the CuPy arrays live on different "
+                             f"devices {sorted(devs)}; move them to one device")
+        (dev,) = devs
+        import cupy
+
+        if cupy.cuda.runtime.getDevice() == dev:
+            return fn(*args, **kwargs)
+        with cupy.cuda.Device(dev):
+            return fn(*args, **kwargs)
+
+    return on_device

@@ -8,6 +8,7 @@ from . import _dispatch
 from . import _validate as v
 
 
+@_dispatch.on_input_device
 def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False, *, backend=None):
     """``log(sum(b * exp(a), axis))`` computed without overflow.
 
@@ -99,6 +100,7 @@ def _finish(res, sgn, like, return_sign):
     return res, sgn
 
 
+@_dispatch.on_input_device
 def logsumexp_partial(x, axis=None, *, keepdims=False, backend=None):
     """The mergeable state of a log-sum-exp: ``(m, s)`` with ``m = max(x, axis)`` and
     ``s = sum(exp(x - m), axis)``, where elements equal to ``m`` count exactly 1 (so an
@@ -151,6 +153,7 @@ def _xp_of(a):
     return np
 
 
+@_dispatch.on_input_device
 def merge_partials(*partials):
     """Combine ``(m, s)`` states of disjoint chunks into the state of their union.
 

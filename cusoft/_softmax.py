@@ -8,6 +8,7 @@ from . import _dispatch
 from . import _validate as v
 
 
+@_dispatch.on_input_device
 def softmax(x, axis=None, *, out=None, backend=None, method=None):
     """Softmax of ``x`` along ``axis``: ``exp(x) / sum(exp(x), axis)``.
 
@@ -39,6 +40,7 @@ def softmax(x, axis=None, *, out=None, backend=None, method=None):
     return _softmax_like("softmax", x, axis, out, backend, log=False, method=method)
 
 
+@_dispatch.on_input_device
 def log_softmax(x, axis=None, *, out=None, backend=None, method=None):
     """Logarithm of softmax, ``x - logsumexp(x, axis)``, without computing ``log(softmax)``.
 

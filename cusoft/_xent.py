@@ -60,6 +60,7 @@ def check_logits(fname, x, axis):
     return dt, ax, shape, shape[ax], shape[:ax] + shape[ax + 1:]
 
 
+@_dispatch.on_input_device
 def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_index=None,
                           label_smoothing=0.0, weight=None, return_grad=False, backend=None):
     """Cross-entropy between ``softmax(logits, axis)`` and ``target``.

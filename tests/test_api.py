@@ -109,3 +109,70 @@ def test_scalar_and_empty_tuple_axes_like_scipy(name, axis, x):
         got = getattr(cusoft, name)(x, axis=axis)
     assert type(got) is type(ref)
     np.testing.assert_array_equal(got, ref)
+
+
+# -- which GPU a call runs on ---------------------------------------------------------------
+
+_ARRAY_FUNCTIONS = ["attention", "log_softmax", "log_softmax_backward", "logsumexp",
+                    "logsumexp_partial", "merge_attention", "merge_partials", "softmax",
+                    "softmax_backward", "softmax_cross_entropy"]
+
+
+def test_every_array_function_runs_on_its_inputs_device():
+    assert set(_ARRAY_FUNCTIONS) == {n for n in cusoft.__all__ if n[0].islower()} - {
+        "precompile", "show_config", "use_backend"}
+    for name in _ARRAY_FUNCTIONS:
+        fn = getattr(cusoft, name)
+        assert fn.__wrapped__.__name__ == name, name   # the public name and signature stay
+
+
+class _FakeDevice:
+    def __init__(self, i):
+        self.id = i
+
+
+class _FakeCupyArray:
+    """Enough of a cupy.ndarray for the device rule: its module and ``.device``."""
+    __module__ = "cupy._core.core"
+
+    def __init__(self, dev):
+        self.device = _FakeDevice(dev)
+
+
+def test_device_rule_switches_to_the_arrays_device(monkeypatch):
+    cupy = pytest.importorskip("cupy")
+    from cusoft import _dispatch
+
+    state = {"current": 0, "entered": []}
+
+    class Device:
+        def __init__(self, i):
+            self.i = i
+
+        def __enter__(self):
+            state["entered"].append(self.i)
+            self.prev, state["current"] = state["current"], self.i
+
+        def __exit__(self, *exc):
+            state["current"] = self.prev
+
+    monkeypatch.setattr(cupy.cuda.runtime, "getDevice", lambda: state["current"])
+    monkeypatch.setattr(cupy.cuda, "Device", Device)
+    seen = []
+
+    @_dispatch.on_input_device
+    def f(*args, **kwargs):
+        seen.append(state["current"])
+        return "done"
+
+    a1, b1, a0 = _FakeCupyArray(1), _FakeCupyArray(1), _FakeCupyArray(0)
+    assert f(a1, mask=b1) == "done" and seen == [1] and state["current"] == 0
+    assert f(((a1, b1), (b1, a1))) == "done" and seen[-1] == 1     # merge-style pairs
+    assert f(a0, np.zeros(3)) == "done" and seen[-1] == 0
+    assert state["entered"] == [1, 1]                # no switch when already there
+    assert f(np.zeros(3), out=None) == "done"        # no CuPy array: passes through
+    with pytest.raises(ValueError, match=r"different devices \[0, 1\]"):
+        f(a0, k=a1)
+    with pytest.raises(ValueError, match="different devices"):
+        f([(a0, a1)])
+    assert len(seen) == 4

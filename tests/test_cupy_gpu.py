@@ -225,6 +225,26 @@ def test_out_of_range_label_under_capture_is_a_nan_row():
     np.testing.assert_array_equal(grad[~bad], ok[1][~bad])
 
 
+def test_arrays_on_another_device_run_there():
+    """With device 0 current, arrays of device 1 are computed on device 1 (outputs there
+    too); arrays of two devices in one call raise ValueError."""
+    cp = _cp()
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs (this machine has one)")
+    x0 = _adversarial((64, 300), np.float32)
+    with cp.cuda.Device(1):
+        x = cp.asarray(x0)
+        lab = cp.asarray(np.arange(64) % 300)
+    with cp.cuda.Device(0):
+        y = cusoft.softmax(x, axis=1)
+        loss = cusoft.softmax_cross_entropy(x, lab)
+        assert y.device.id == 1 and loss.device.id == 1
+        assert cp.cuda.runtime.getDevice() == 0
+        assert_close(cp.asnumpy(y), sp.softmax(x0.astype(np.float64), axis=1), np.float32)
+        with pytest.raises(ValueError, match="different devices"):
+            cusoft.softmax_cross_entropy(x, cp.asarray(np.arange(64) % 300))
+
+
 @pytest.mark.slow
 def test_more_than_2_31_elements():
     cp = _cp()
