@@ -107,29 +107,40 @@ def choose(x, backend=None):
     return {"host": "cpu", "cupy": "cupy", "cuda": "numba", "dask": "dask"}[kind]
 
 
-def _cupy_devices(values, found):
+def _device_arrays(values, cupy_devs, cai):
+    """The devices of the CuPy arrays among ``values`` (into the set ``cupy_devs``) and the
+    other ``__cuda_array_interface__`` arrays (into the list ``cai``)."""
     for a in values:
         if type(a).__module__.split(".", 1)[0] == "cupy" and hasattr(a, "device"):
-            found.add(a.device.id)
+            cupy_devs.add(a.device.id)
         elif isinstance(a, (tuple, list)):   # merge_partials / merge_attention take pairs
-            _cupy_devices(a, found)
-    return found
+            _device_arrays(a, cupy_devs, cai)
+        elif hasattr(a, "__cuda_array_interface__"):
+            cai.append(a)
 
 
 def on_input_device(fn):
-    """Run the public function ``fn`` on the GPU its CuPy arguments live on.
+    """Run the public function ``fn`` on the GPU its device arrays live on.
 
     CuPy allocates and launches on the *current* device; an array of another GPU would be
     read across devices (a fault without peer access, a slow path with it).  So the call
     switches to the arrays' device for its duration, as PyTorch does, and arrays on
-    different devices raise ``ValueError``, as CuPy's own functions do.  Calls without
-    CuPy arrays pass straight through."""
+    different devices raise ``ValueError``, as CuPy's own functions do.  Other
+    ``__cuda_array_interface__`` arrays (the Numba backend) get the same rule through
+    Numba's context where more than one GPU is visible.  Host-only calls pass through."""
 
     @functools.wraps(fn)
     def on_device(*args, **kwargs):
-        devs = _cupy_devices(kwargs.values(), _cupy_devices(args, set()))
+        devs, cai = set(), []
+        _device_arrays(args, devs, cai)
+        _device_arrays(kwargs.values(), devs, cai)
         if not devs:
-            return fn(*args, **kwargs)
+            if not cai:
+                return fn(*args, **kwargs)
+            from ._numba import arrays
+
+            with arrays.device_context(cai, fn.__name__):
+                return fn(*args, **kwargs)
         if len(devs) > 1:
             raise ValueError(f"cusoft.{fn.__name__}: the CuPy arrays live on different "
                              f"devices {sorted(devs)}; move them to one device")

@@ -176,3 +176,55 @@ def test_device_rule_switches_to_the_arrays_device(monkeypatch):
     with pytest.raises(ValueError, match="different devices"):
         f([(a0, a1)])
     assert len(seen) == 4
+
+
+class _FakeCaiArray:
+    """A non-CuPy ``__cuda_array_interface__`` array (as a PyTorch CUDA tensor is)."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.__cuda_array_interface__ = {"data": (4096 * (dev + 1), False)}
+
+
+def test_device_rule_for_numba_arrays(monkeypatch):
+    from cusoft import _dispatch
+    from cusoft._numba import arrays
+
+    state = {"current": 0, "entered": []}
+
+    class Gpu:
+        def __init__(self, i):
+            self.i = i
+
+        def __enter__(self):
+            state["entered"].append(self.i)
+            self.prev, state["current"] = state["current"], self.i
+
+        def __exit__(self, *exc):
+            state["current"] = self.prev
+
+    class FakeCuda:
+        gpus = [Gpu(0), Gpu(1)]
+
+        @staticmethod
+        def get_current_device():
+            return _FakeDevice(state["current"])
+
+    monkeypatch.setattr(arrays, "simulator_active", lambda: False)
+    monkeypatch.setattr(arrays, "_cuda", lambda: FakeCuda)
+    monkeypatch.setattr(arrays, "_pointer_device", lambda a: a.dev)
+    seen = []
+
+    @_dispatch.on_input_device
+    def f(*args, **kwargs):
+        seen.append(state["current"])
+
+    f(_FakeCaiArray(1), bias=_FakeCaiArray(1))
+    f(_FakeCaiArray(0))
+    assert seen == [1, 0] and state["entered"] == [1] and state["current"] == 0
+    with pytest.raises(ValueError, match=r"different GPUs \[0, 1\]"):
+        f(_FakeCaiArray(0), _FakeCaiArray(1))
+    FakeCuda.gpus = [Gpu(0)]            # one GPU: nothing is queried or switched
+    monkeypatch.setattr(arrays, "_pointer_device", lambda a: 1 / 0)
+    f(_FakeCaiArray(1))
+    assert seen == [1, 0, 0]

@@ -54,6 +54,44 @@ def as_device(a):
                     f"got {type(a).__name__}; move it to the GPU first or use backend='cpu'")
 
 
+def _pointer_device(a):
+    """The ordinal of the GPU holding ``a``'s memory (None if unknown or empty)."""
+    ptr = a.__cuda_array_interface__["data"][0]
+    if not ptr:
+        return None
+    try:
+        from numba.cuda.cudadrv import driver as drv
+
+        attr = drv.binding.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+        return int(drv.driver.cuPointerGetAttribute(attr, drv.binding.CUdeviceptr(ptr)))
+    except Exception:  # another numba-cuda layout, or not device memory: keep the current
+        return None
+
+
+def device_context(arrs, fname):
+    """A context making the GPU that holds ``arrs`` Numba's current one, so outputs are
+    allocated and kernels launched there (a PyTorch tensor on cuda:1 with Numba's default
+    context on device 0 would otherwise be read across devices).  Arrays of two GPUs raise
+    ValueError.  Nothing to do (and nothing queried) on a one-GPU machine or the simulator."""
+    import contextlib
+
+    if not arrs or simulator_active():
+        return contextlib.nullcontext()
+    cuda = _cuda()
+    try:
+        if len(cuda.gpus) < 2:
+            return contextlib.nullcontext()
+    except Exception:  # no driver: the backend itself will say so
+        return contextlib.nullcontext()
+    devs = {d for d in map(_pointer_device, arrs) if d is not None}
+    if len(devs) > 1:
+        raise ValueError(f"cusoft.{fname}: the device arrays live on different GPUs "
+                         f"{sorted(devs)}; move them to one device")
+    if not devs or cuda.get_current_device().id in devs:
+        return contextlib.nullcontext()
+    return cuda.gpus[devs.pop()]
+
+
 def flat(a):
     """The 1-D view of a C-contiguous array (kernels index the canonical layout by hand)."""
     return a.reshape(a.size)
