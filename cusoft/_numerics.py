@@ -87,9 +87,10 @@ def logsumexp_from_partial(m, c, r, direct, return_sign, xp=np):
     the array module of the state (NumPy, or CuPy for Dask's CuPy chunks)."""
     with np.errstate(**_ERR):
         q = xp.where(r == 0, r, r / c)
-        sgn = xp.sign(q + 1) * xp.sign(c)
+        # arrays even for a 0-d state (NumPy arithmetic gives scalars, written into below)
+        sgn = xp.asarray(xp.sign(q + 1) * xp.sign(c))
         q = xp.where(q < -1, -q - 2, q)
-        out = xp.log1p(q) + xp.log(xp.abs(c)) + m
+        out = xp.asarray(xp.log1p(q) + xp.log(xp.abs(c)) + m)
         if not return_sign:
             out = xp.where(sgn < 0, np.nan, out)
         bad = ~xp.isfinite(out)

@@ -216,6 +216,22 @@ def test_logsumexp_special_values(chunks, return_sign, weighted):
         assert_close(got.compute(), ref, np.float64)
 
 
+@pytest.mark.parametrize("return_sign", [False, True])
+def test_logsumexp_special_values_to_a_scalar(return_sign):
+    """axis=None: the merged state is 0-d and SciPy's fallback for non-finite results
+    writes into it (it raised TypeError on NumPy scalars)."""
+    for xr, br in LSE_SPECIAL:
+        x, b = np.array(xr, float), np.array(br, float)
+        with np.errstate(all="ignore"):
+            ref = sp.logsumexp(x, b=b, return_sign=return_sign)
+        got = cusoft.logsumexp(da.from_array(x, chunks=1), b=da.from_array(b, chunks=2),
+                               return_sign=return_sign)
+        got = dask.compute(*got) if return_sign else (got.compute(),)
+        for g, r in zip(got, ref if return_sign else (ref,)):
+            assert np.shape(g) == (), (xr, br, g)
+            assert_close(g, r, np.float64, what=f"{xr} {br}")
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 def test_logsumexp_low_precision(dtype):
     x = _x((30, 200), dtype)
