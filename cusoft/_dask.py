@@ -615,10 +615,23 @@ def _xent_grad(xb, tb, st, cb, wb, tot, scale, **kw):
 
 def _zero_ignored(g, tb, ign, ax):
     """``g`` with the rows of ignored labels exactly 0 (the backends' rule), whatever their
-    logits or the reduction's factor (NaN for an all-ignored "mean")."""
+    logits or the reduction's factor (1/0 = inf for an all-ignored "mean")."""
     xp = _xp_of(g)
     return xp.where(xp.expand_dims(xp.asarray(tb) != ign, ax), g, 0).astype(g.dtype,
                                                                           copy=False)
+
+
+def _scale_grad(g, tb, scale, *, ign, ax):
+    """One chunk's gradient times the reduction's factor (0 * inf is NaN without a warning),
+    ignored label rows 0 (``tb`` None for probability targets)."""
+    with np.errstate(**_ERR):
+        g2 = g * _xp_of(g).asarray(scale, dtype=g.dtype)
+    return g2 if tb is None else _zero_ignored(g2, tb, ign, ax)
+
+
+def _scaled_sum(total, scale, dtype):
+    with np.errstate(**_ERR):
+        return (total * scale).astype(dtype)
 
 
 def _den_block(lab, w, *, ign):
@@ -695,8 +708,8 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
             den = den.sum()
         else:
             den = math.prod(rows_shape)
-        scale = da.where(den != 0, 1.0 / da.where(den != 0, den, 1.0), np.nan) \
-            if labels else (1.0 / den if den else float("nan"))
+        scale = da.where(den != 0, 1.0 / da.where(den != 0, den, 1.0), np.inf) \
+            if labels else (1.0 / den if den else float("inf"))
     else:
         scale = 1.0
     if _one_chunk(x, (ax,)):
@@ -712,11 +725,10 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
             grad = pair.map_blocks(operator.itemgetter(1), dtype=dt,
                                    meta=_meta(x, x.ndim, dt))
             if not (isinstance(scale, float) and scale == 1.0):
-                grad = (grad * scale).astype(dt)
-                if labels:
-                    grad = da.blockwise(functools.partial(_zero_ignored, ign=ign, ax=ax), idx,
-                                        grad, idx, t, ridx, dtype=dt, align_arrays=False,
-                                        meta=_meta(x, x.ndim, dt))
+                grad = da.blockwise(functools.partial(_scale_grad, ign=ign, ax=ax), idx, grad,
+                                    idx, *((t, ridx) if labels else (None, None)), scale,
+                                    () if _is_dask(scale) else None, dtype=dt,
+                                    align_arrays=False, meta=_meta(x, x.ndim, dt))
         else:
             loss_k = da.blockwise(fn, idx, x, idx, *targ, *wargs, dtype=dt,
                                   align_arrays=False, adjust_chunks={ax: 1},
@@ -747,7 +759,7 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
     if reduction == "sum":
         loss = loss.sum(dtype=dt)
     elif reduction == "mean":
-        loss = (loss.sum(dtype=np.float64) * scale).astype(dt)
+        loss = da.map_blocks(_scaled_sum, loss.sum(dtype=np.float64), scale, dt, dtype=dt)
     return (loss, grad) if return_grad else loss
 
 

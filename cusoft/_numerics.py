@@ -175,6 +175,6 @@ def cross_entropy_block(x, labels, probs, weight, ignore_index, smoothing, grad_
             grad = grad * scale
             if keep is not None:
                 # ignored rows are exactly 0, whatever their logits or the factor (an
-                # all-ignored "mean" has factor NaN)
+                # all-ignored "mean" has factor 1/0 = inf)
                 grad = np.where(keep[:, None, :], grad, 0)
     return loss.astype(x.dtype, copy=False), grad

@@ -32,7 +32,7 @@ def _capturing(kind):
 
 
 def _mean_scale_on_device(xp, lab, w, ign, C):
-    """1 / (summed weight of the kept labels), NaN when it is 0, as a 0-d device array:
+    """1 / (summed weight of the kept labels), inf when it is 0, as a 0-d device array:
     "mean" needs no host round trip, so the call stays capturable.  Out-of-range labels
     (possible only under capture, where the kernels give them NaN rows) are counted with
     weight 0 here; their NaN reaches the loss through the sum anyway."""
@@ -41,7 +41,7 @@ def _mean_scale_on_device(xp, lab, w, ign, C):
         den = keep.sum(dtype=np.float64)
     else:
         den = xp.where(keep, w[xp.where(keep, lab, 0)], 0).sum(dtype=np.float64)
-    return xp.where(den != 0, 1.0 / xp.where(den != 0, den, 1.0), np.nan)
+    return xp.where(den != 0, 1.0 / xp.where(den != 0, den, 1.0), np.inf)
 
 
 def check_logits(fname, x, axis):
@@ -165,7 +165,9 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
                 den = float((ww[lab * keep] * keep).sum())
         else:
             den = float(outer * inner)
-        scale = 1.0 / den if den != 0 else float("nan")
+        # 1 / 0 = inf, so the mean is the sum divided by den in IEEE arithmetic: a positive
+        # sum over nothing to average (all kept weights 0) is inf, an all-ignored 0 is NaN
+        scale = 1.0 / den if den != 0 else float("inf")
     else:
         scale = 1.0
     loss3 = xp.empty((outer, inner), dt)
@@ -180,7 +182,8 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
     if reduction == "sum":
         loss = loss.sum(dtype=dt)
     elif reduction == "mean":
-        loss = (loss.sum(dtype=np.float64) * scale).astype(dt)
+        with np.errstate(invalid="ignore", over="ignore"):   # 0/0 and x/0 of IEEE division
+            loss = (loss.sum(dtype=np.float64) * scale).astype(dt)
     loss = v.from_kind(loss, logits)
     if isinstance(loss, np.ndarray) and loss.ndim == 0:
         loss = loss[()]

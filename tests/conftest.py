@@ -52,7 +52,8 @@ def ref_xent(x, target, axis=-1, reduction="mean", ignore_index=None, eps=0.0, w
 
     x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
     C = x.shape[-1]
-    logp = sp.log_softmax(x, axis=-1)
+    with np.errstate(all="ignore"):
+        logp = sp.log_softmax(x, axis=-1)
     w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
     if np.asarray(target).dtype.kind in "iu":
         lab = np.asarray(target)
@@ -73,6 +74,9 @@ def ref_xent(x, target, axis=-1, reduction="mean", ignore_index=None, eps=0.0, w
         elif reduction == "mean":
             loss = loss.sum() / den
             grad = grad / den
+    if np.asarray(target).dtype.kind in "iu":
+        # an ignored row's gradient is exactly 0, whatever its logits or the factor
+        grad = np.where(keep[..., None], grad, 0.0)
     if with_grad:
         return loss, np.moveaxis(grad, -1, axis)
     return loss

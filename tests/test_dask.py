@@ -487,3 +487,49 @@ def test_use_backend_dask_on_numpy_input():
         lse = cusoft.logsumexp(x, axis=1, b=np.ones(6)).compute()
     assert_close(got, sp.softmax(x, axis=1), np.float64)
     assert_close(lse, sp.logsumexp(x, axis=1), np.float64)
+
+
+# -- any shape, chunking and axis, against SciPy ---------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+
+@st.composite
+def _chunked_case(draw):
+    nd = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 7), min_size=nd, max_size=nd)))
+    chunks = tuple(draw(st.integers(1, s)) for s in shape)
+    dtype = draw(st.sampled_from([np.float16, np.float32, np.float64]))
+    special = st.sampled_from([-np.inf, np.inf, np.nan, 60.0])
+    x = draw(hnp.arrays(np.float64, shape, elements=st.floats(-30, 30) | special))
+    axes = [None] + list(range(-nd, nd)) + ([tuple(range(nd))[::2]] if nd > 1 else [])
+    b = None
+    if draw(st.booleans()):
+        b = draw(hnp.arrays(np.float64, shape[-draw(st.integers(1, nd)):],
+                            elements=st.floats(-1, 2) | st.just(0.0)))
+    return dict(x=x.astype(dtype), chunks=chunks, dtype=dtype, axis=draw(st.sampled_from(axes)),
+                b=b, keepdims=draw(st.booleans()), return_sign=draw(st.booleans()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=_chunked_case())
+def test_any_chunking_matches_scipy(case):
+    """softmax, log_softmax and logsumexp (b, keepdims, return_sign) on random chunkings,
+    special values included: reductions of 0-d states and of single-element chunks too."""
+    x, dt, axis = case["x"], case["dtype"], case["axis"]
+    d = da.from_array(x, chunks=case["chunks"])
+    x64 = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        for fn, ref in ((cusoft.softmax, sp.softmax), (cusoft.log_softmax, sp.log_softmax)):
+            assert_close(fn(d, axis=axis).compute(), ref(x64, axis=axis), dt, what=fn.__name__)
+        b = None if case["b"] is None else case["b"].astype(dt)
+        kw = dict(axis=axis, keepdims=case["keepdims"], return_sign=case["return_sign"])
+        ref = sp.logsumexp(x64, b=None if b is None else b.astype(np.float64), **kw)
+        got = cusoft.logsumexp(d, b=b, **kw)
+    got = dask.compute(*got) if kw["return_sign"] else (got.compute(),)
+    ref = ref if kw["return_sign"] else (ref,)
+    for g, r in zip(got, ref):
+        assert np.shape(g) == np.shape(r)
+        assert_close(g, r, dt, what=f"logsumexp {kw} b={b is not None}")

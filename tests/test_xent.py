@@ -4,9 +4,12 @@ reference and finite differences."""
 import numpy as np
 import pytest
 import scipy.special as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import cusoft
-from conftest import assert_close, ref_xent
+from conftest import assert_close, ref_xent, simt_reason
 
 
 def num_grad(f, x, h=1e-6):
@@ -105,7 +108,7 @@ def _xent_on(backend, x, lab, **kw):
 @pytest.mark.parametrize("backend", ["cpu", "simt", "dask"])
 def test_ignored_rows_have_exactly_zero_gradient(backend):
     """An ignored row's gradient is 0 on every backend, whatever its logits (NaN, +inf) and
-    even when "mean" has nothing to divide by (loss NaN, factor NaN)."""
+    even when "mean" has nothing to divide by (loss 0/0 = NaN, factor 1/0 = inf)."""
     x = np.random.default_rng(7).standard_normal((5, 6))
     x[1, 2], x[3, 0] = np.nan, np.inf
     lab = np.array([0, 4, 5, 1, 2])
@@ -135,7 +138,7 @@ def test_device_mean_denominator_matches_the_host_one():
         den = kept.sum() if weight is None else w[lab[kept]].sum()
         got = _xent._mean_scale_on_device(np, lab, weight, -100, 7)
         assert got.ndim == 0 and got == pytest.approx(1 / den, rel=1e-15)
-    assert np.isnan(_xent._mean_scale_on_device(np, np.full((2, 2), -100), w, -100, 7))
+    assert _xent._mean_scale_on_device(np, np.full((2, 2), -100), w, -100, 7) == np.inf
     # labels out of range (possible only under capture) count as weight 0, never index w
     bad = lab.copy()
     bad[1, 1], bad[2, 2] = 7, -3
@@ -161,3 +164,70 @@ def test_errors():
         cusoft.softmax_cross_entropy(x, np.zeros(4, int), weight=np.ones(2))
     with pytest.raises(TypeError, match="target"):
         cusoft.softmax_cross_entropy(x, np.array(["a"] * 4))
+
+
+# -- any case, every host-side backend, against the float64 definition ----------------------
+
+@st.composite
+def xent_case(draw):
+    nd = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 6), min_size=nd, max_size=nd)))
+    axis = draw(st.integers(-nd, nd - 1))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    special = st.sampled_from([-np.inf, np.inf, np.nan, 1000.0, -1000.0])
+    x = draw(hnp.arrays(np.float64, shape, elements=st.floats(-30, 30) | special))
+    C = shape[axis]
+    rows = shape[:axis % nd] + shape[axis % nd + 1:]
+    ignore = target = None
+    if draw(st.booleans()):
+        target = draw(hnp.arrays(np.int64, rows, elements=st.integers(0, C - 1)))
+        ignore = draw(st.none() | st.integers(0, C - 1))
+    # Targets and weights are 0 or at least 1e-3: products of subnormals underflow in the
+    # compute dtype (a term the float64 reference keeps), and "mean" applies 1/den there,
+    # which overflows for den below 1/FLT_MAX.  Probabilities need not be normalised.
+    positive = st.just(0.0) | st.floats(1e-3, 1)
+    if target is None:
+        target = draw(hnp.arrays(np.float64, shape, elements=positive)).astype(dtype)
+    weight = draw(st.none() | hnp.arrays(np.float64, (C,), elements=positive | st.floats(1, 2)))
+    return dict(x=x.astype(dtype), target=target, axis=axis, dtype=dtype,
+                reduction=draw(st.sampled_from(["mean", "sum", "none"])), ignore_index=ignore,
+                label_smoothing=draw(st.sampled_from([0.0, 0.1, 1.0])),
+                weight=None if weight is None else weight.astype(dtype))
+
+
+def _check_case(case, backend):
+    kw = {k: case[k] for k in ("axis", "reduction", "ignore_index", "label_smoothing",
+                               "weight")}
+    x, t, dtype = case["x"], case["target"], case["dtype"]
+    if backend == "dask":
+        import dask.array as da
+
+        # class axis over several chunks, the merge path
+        x = da.from_array(x, chunks=tuple(max(1, s // 2) for s in x.shape))
+    loss, grad = cusoft.softmax_cross_entropy(x, t, return_grad=True, backend=backend, **kw)
+    if backend == "dask":
+        loss, grad = np.asarray(loss.compute()), grad.compute()
+    ref_l, ref_g = ref_xent(case["x"], t, case["axis"], case["reduction"],
+                            case["ignore_index"], case["label_smoothing"], case["weight"],
+                            with_grad=True)
+    assert_close(loss, ref_l, dtype, what="loss")
+    assert_close(grad, ref_g, dtype, what="grad")
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=xent_case())
+def test_any_case_matches_the_definition_cpu(case):
+    _check_case(case, None)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=xent_case())
+def test_any_case_matches_the_definition_dask(case):
+    _check_case(case, "dask")
+
+
+@pytest.mark.skipif(simt_reason() is not None, reason=f"simt harness: {simt_reason()}")
+@settings(max_examples=40, deadline=None)
+@given(case=xent_case())
+def test_any_case_matches_the_definition_simt(case):
+    _check_case(case, "simt")
