@@ -261,6 +261,31 @@ template <typename T> CUSOFT_DEV i64 head_elems(const T* p, i64 n)
     return h < n ? h : n;
 }
 
+// The round structure of visit_packs / visit_pack_pairs: per round, load(u, q) for each of
+// its U packs q (a partial last round skips the missing ones), then use(u, q) for each.
+// REV walks the packs from the end (thread rank takes nvec - 1 - rank, ...): a second pass
+// over data read moments ago finds its most recently read part, the part still in L2, first.
+template <int U, bool REV, typename L, typename F>
+CUSOFT_DEV void pack_rounds(i64 nvec, int rank, int size, L&& load, F&& use)
+{
+#pragma unroll 1
+    for (i64 p = rank; p < nvec; p += U * (i64)size) {
+        // the last round may be partial: its loads are predicated, still issued together
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (u == 0 || p + u * (i64)size < nvec) {
+                const i64 q = p + u * (i64)size;
+                load(u, REV ? nvec - 1 - q : q);
+            }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (u == 0 || p + u * (i64)size < nvec) {
+                const i64 q = p + u * (i64)size;
+                use(u, REV ? nvec - 1 - q : q);
+            }
+    }
+}
+
 // f(p, body[p]) for the packs p = rank, rank + size, ... < nvec, U at a time: all of a
 // round's loads are issued before the first use, so each thread keeps U 16-byte loads in
 // flight (a plain strided loop waits for every load before the next: one load in flight
@@ -270,28 +295,12 @@ template <typename T> CUSOFT_DEV i64 head_elems(const T* p, i64 n)
 template <typename T> struct PacksInFlight {
     static constexpr int value = sizeof(T) == 4 ? 4 : 1;
 };
-// REV walks the packs from the end (thread rank takes nvec - 1 - rank, ...): a second pass
-// over data read moments ago finds its most recently read part, the part still in L2, first.
 template <int U, bool REV = false, typename T, typename F>
 CUSOFT_DEV void visit_packs(const Pack<T>* body, i64 nvec, int rank, int size, F&& f)
 {
-#pragma unroll 1
-    for (i64 p = rank; p < nvec; p += U * (i64)size) {
-        // the last round may be partial: its loads are predicated, still issued together
-        Pack<T> pk[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            if (u == 0 || p + u * (i64)size < nvec) {
-                const i64 q = p + u * (i64)size;
-                pk[u] = body[REV ? nvec - 1 - q : q];
-            }
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            if (u == 0 || p + u * (i64)size < nvec) {
-                const i64 q = p + u * (i64)size;
-                f(REV ? nvec - 1 - q : q, pk[u]);
-            }
-    }
+    Pack<T> pk[U];
+    pack_rounds<U, REV>(
+        nvec, rank, size, [&](int u, i64 q) { pk[u] = body[q]; }, [&](int u, i64 q) { f(q, pk[u]); });
 }
 
 // visit_packs over two arrays with the same phase: f(p, a[p], b[p]), 2U loads in flight.
@@ -299,21 +308,14 @@ template <int U, bool REV = false, typename T, typename F>
 CUSOFT_DEV void visit_pack_pairs(const Pack<T>* a, const Pack<T>* b, i64 nvec, int rank, int size,
                                  F&& f)
 {
-#pragma unroll 1
-    for (i64 p = rank; p < nvec; p += U * (i64)size) {
-        Pack<T> pa[U], pb[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            if (u == 0 || p + u * (i64)size < nvec) {
-                const i64 q = REV ? nvec - 1 - (p + u * (i64)size) : p + u * (i64)size;
-                pa[u] = a[q];
-                pb[u] = b[q];
-            }
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            if (u == 0 || p + u * (i64)size < nvec)
-                f(REV ? nvec - 1 - (p + u * (i64)size) : p + u * (i64)size, pa[u], pb[u]);
-    }
+    Pack<T> pa[U], pb[U];
+    pack_rounds<U, REV>(
+        nvec, rank, size,
+        [&](int u, i64 q) {
+            pa[u] = a[q];
+            pb[u] = b[q];
+        },
+        [&](int u, i64 q) { f(q, pa[u], pb[u]); });
 }
 
 // Call f(j, x[j]) once for every j in [0, n), spread over threads rank..size-1 of a group.
