@@ -131,6 +131,20 @@ class _FakeDevice:
         self.id = i
 
 
+class _FakeDeviceContext:
+    """``with`` makes device i current in ``state`` (and records that it was entered)."""
+
+    def __init__(self, state, i):
+        self.state, self.i = state, i
+
+    def __enter__(self):
+        self.state["entered"].append(self.i)
+        self.prev, self.state["current"] = self.state["current"], self.i
+
+    def __exit__(self, *exc):
+        self.state["current"] = self.prev
+
+
 class _FakeCupyArray:
     """Enough of a cupy.ndarray for the device rule: its module and ``.device``."""
     __module__ = "cupy._core.core"
@@ -144,20 +158,8 @@ def test_device_rule_switches_to_the_arrays_device(monkeypatch):
     from cusoft import _dispatch
 
     state = {"current": 0, "entered": []}
-
-    class Device:
-        def __init__(self, i):
-            self.i = i
-
-        def __enter__(self):
-            state["entered"].append(self.i)
-            self.prev, state["current"] = state["current"], self.i
-
-        def __exit__(self, *exc):
-            state["current"] = self.prev
-
     monkeypatch.setattr(cupy.cuda.runtime, "getDevice", lambda: state["current"])
-    monkeypatch.setattr(cupy.cuda, "Device", Device)
+    monkeypatch.setattr(cupy.cuda, "Device", lambda i: _FakeDeviceContext(state, i))
     seen = []
 
     @_dispatch.on_input_device
@@ -192,19 +194,8 @@ def test_device_rule_for_numba_arrays(monkeypatch):
 
     state = {"current": 0, "entered": []}
 
-    class Gpu:
-        def __init__(self, i):
-            self.i = i
-
-        def __enter__(self):
-            state["entered"].append(self.i)
-            self.prev, state["current"] = state["current"], self.i
-
-        def __exit__(self, *exc):
-            state["current"] = self.prev
-
     class FakeCuda:
-        gpus = [Gpu(0), Gpu(1)]
+        gpus = [_FakeDeviceContext(state, 0), _FakeDeviceContext(state, 1)]
 
         @staticmethod
         def get_current_device():
@@ -224,7 +215,7 @@ def test_device_rule_for_numba_arrays(monkeypatch):
     assert seen == [1, 0] and state["entered"] == [1] and state["current"] == 0
     with pytest.raises(ValueError, match=r"different GPUs \[0, 1\]"):
         f(_FakeCaiArray(0), _FakeCaiArray(1))
-    FakeCuda.gpus = [Gpu(0)]            # one GPU: nothing is queried or switched
+    FakeCuda.gpus = FakeCuda.gpus[:1]   # one GPU: nothing is queried or switched
     monkeypatch.setattr(arrays, "_pointer_device", lambda a: 1 / 0)
     f(_FakeCaiArray(1))
     assert seen == [1, 0, 0]
