@@ -231,3 +231,30 @@ def test_any_case_matches_the_definition_dask(case):
 @given(case=xent_case())
 def test_any_case_matches_the_definition_simt(case):
     _check_case(case, "simt")
+
+
+@pytest.mark.skipif(simt_reason() is not None, reason=f"simt harness: {simt_reason()}")
+def test_capture_mode_leaves_out_of_range_labels_to_the_kernels(monkeypatch):
+    """The CuPy path under graph capture, on the emulated CUDA C: with the host check off
+    (as it is while a stream captures), out-of-range labels reach the kernels, which give
+    their rows NaN loss and gradient and leave every other row as it was."""
+    from cusoft import _xent
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    lab = np.array([3, 40, 7, -1, 12, 2 ** 40])
+    bad = np.array([False, True, False, True, False, True])
+    with pytest.raises(ValueError, match="out of bounds"):
+        cusoft.softmax_cross_entropy(x, lab, backend="simt")
+    monkeypatch.setattr(_xent, "_capturing", lambda kind: True)
+    for kw in (dict(), dict(weight=rng.uniform(0.5, 2, 40).astype(np.float32),
+                            label_smoothing=0.1)):
+        loss, grad = cusoft.softmax_cross_entropy(x, lab, backend="simt", reduction="none",
+                                                  return_grad=True, **kw)
+        ok_l, ok_g = cusoft.softmax_cross_entropy(x[~bad], lab[~bad], backend="simt",
+                                                  reduction="none", return_grad=True, **kw)
+        assert np.isnan(loss[bad]).all() and np.isnan(grad[bad]).all()
+        np.testing.assert_array_equal(loss[~bad], ok_l)
+        np.testing.assert_array_equal(grad[~bad], ok_g)
+        assert np.isnan(cusoft.softmax_cross_entropy(x, lab, backend="simt",
+                                                     reduction="sum", **kw))
