@@ -113,8 +113,8 @@ def _device_arrays(values, cupy_devs, cai):
     for a in values:
         if type(a).__module__.split(".", 1)[0] == "cupy" and hasattr(a, "device"):
             cupy_devs.add(a.device.id)
-        elif isinstance(a, (tuple, list)):   # merge_partials / merge_attention take pairs
-            _device_arrays(a, cupy_devs, cai)
+        elif isinstance(a, (tuple, list)) and a and hasattr(a[0], "shape"):
+            _device_arrays(a, cupy_devs, cai)   # the (m, s) / (out, lse) pairs of the merges
         elif hasattr(a, "__cuda_array_interface__"):
             cai.append(a)
 

@@ -148,6 +148,7 @@ class _FakeDeviceContext:
 class _FakeCupyArray:
     """Enough of a cupy.ndarray for the device rule: its module and ``.device``."""
     __module__ = "cupy._core.core"
+    shape = (2,)
 
     def __init__(self, dev):
         self.device = _FakeDevice(dev)
@@ -169,19 +170,20 @@ def test_device_rule_switches_to_the_arrays_device(monkeypatch):
 
     a1, b1, a0 = _FakeCupyArray(1), _FakeCupyArray(1), _FakeCupyArray(0)
     assert f(a1, mask=b1) == "done" and seen == [1] and state["current"] == 0
-    assert f(((a1, b1), (b1, a1))) == "done" and seen[-1] == 1     # merge-style pairs
+    assert f((a1, b1), (b1, a1)) == "done" and seen[-1] == 1       # merge-style pairs
     assert f(a0, np.zeros(3)) == "done" and seen[-1] == 0
     assert state["entered"] == [1, 1]                # no switch when already there
     assert f(np.zeros(3), out=None) == "done"        # no CuPy array: passes through
     with pytest.raises(ValueError, match=r"different devices \[0, 1\]"):
         f(a0, k=a1)
     with pytest.raises(ValueError, match="different devices"):
-        f([(a0, a1)])
+        f((a0, a1))
     assert len(seen) == 4
 
 
 class _FakeCaiArray:
     """A non-CuPy ``__cuda_array_interface__`` array (as a PyTorch CUDA tensor is)."""
+    shape = (2,)
 
     def __init__(self, dev):
         self.dev = dev
