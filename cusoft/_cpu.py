@@ -352,12 +352,53 @@ class CpuBackend(Backend):
 
     def cross_entropy(self, x, labels, probs, weight, ignore_index, smoothing, loss, grad,
                       grad_scale):
+        """Row layout: blocks of rows through the fused Numba kernel (one exp per element,
+        the row in cache), in threads; a block holding a row whose max is not finite, and
+        the column layout, take the NumPy rules of ``_numerics``."""
+        outer, n, inner = x.shape
         cdt = _compute_dtype(x.dtype)
-        xx = x.astype(cdt, copy=False)
-        pp = None if probs is None else probs.astype(cdt, copy=False)
         ww = None if weight is None else weight.astype(cdt, copy=False)
-        lo, gr = nm.cross_entropy_block(xx, labels, pp, ww, ignore_index, smoothing,
-                                        grad_scale, grad is not None)
-        loss[...] = lo
+        per_row = np.ndim(grad_scale) != 0
+        blocks = _blocks(outer, n, inner, cdt.itemsize) or [(slice(None), slice(None))]
+
+        def run(sl):
+            xb = x[sl[0], :, sl[1]].astype(cdt, copy=False)
+            lb = None if labels is None else labels[sl[0], sl[1]]
+            pb = None if probs is None else probs[sl[0], :, sl[1]].astype(cdt, copy=False)
+            sb = grad_scale[sl[0], sl[1]] if per_row else grad_scale
+            if inner == 1 and self._fused_xent(xb, lb, pb, ww, ignore_index, smoothing,
+                                               loss[sl[0], sl[1]], grad, sl[0], sb):
+                return
+            lo, gr = nm.cross_entropy_block(xb, lb, pb, ww, ignore_index, smoothing, sb,
+                                            grad is not None)
+            loss[sl[0], sl[1]] = lo
+            if grad is not None:
+                grad[sl[0], :, sl[1]] = gr
+
+        _map(run, blocks, x.nbytes)
+
+    @staticmethod
+    def _fused_xent(xb, lb, pb, ww, ignore_index, smoothing, lo, grad, rows, sb):
+        """The Numba kernel on a block of rows (inner == 1); False when a computed row's max
+        is not finite (nothing written)."""
+        x2 = xb[:, :, 0]
+        with np.errstate(invalid="ignore"):
+            m = x2.max(axis=1)
+        live = slice(None) if lb is None else lb[:, 0] != ignore_index
+        if not np.isfinite(m[live]).all():
+            return False
+        g2 = gout = None
         if grad is not None:
-            grad[...] = gr
+            g2 = gout = grad[rows, :, 0]
+            if g2.dtype != x2.dtype:   # float16: the kernel writes float32 rows
+                g2 = np.empty_like(x2)
+        l64 = np.empty(x2.shape[0], np.float64)
+        _cpu_kernels.xent_rows(x2, np.where(np.isfinite(m), m, 0).astype(x2.dtype),
+                               None if lb is None else lb[:, 0],
+                               None if pb is None else pb[:, :, 0], ww, ignore_index,
+                               smoothing, sb if np.ndim(sb) == 0 else sb[:, 0], l64, g2)
+        with np.errstate(over="ignore"):
+            lo[:, 0] = l64
+            if g2 is not gout:
+                gout[...] = g2
+        return True

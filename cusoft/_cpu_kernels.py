@@ -175,16 +175,96 @@ def _make(dtype):
                     for j in range(b - a):
                         o[j] = o[j] * inv
 
+    def xent_rows(x, m, labels, probs, weight, ign, keep, base, wsum, scale, step, loss, grad,
+                  mode):
+        # Fused cross-entropy of rows with finite maxima m (labels: mode & 1, else probs;
+        # gradient: mode & 2).  weight: (n,) (ones when absent), wsum = sum(weight).
+        # wt_c = w_c * (keep * t_c + base); loss = W log s - D with W = sum wt_c,
+        # D = sum_{wt_c != 0} wt_c (x_c - m), s = sum exp(x - m) (so a -inf logit with a
+        # target gives +inf and one without adds nothing); grad = f (e W / s - wt).
+        R, n = x.shape
+        kbits = np.empty(_CHUNK, itype)
+        tmp = np.empty(_CHUNK, ftype)
+        with_labels = (mode & 1) != 0
+        with_grad = (mode & 2) != 0
+        for i in range(R):
+            lab = labels[i] if with_labels else -1
+            if with_labels and lab == ign:
+                loss[i] = 0.0
+                if with_grad:
+                    for j in range(n):
+                        grad[i, j] = ftype(0)
+                continue
+            mi = m[i]
+            s = 0.0
+            W = 0.0
+            D = 0.0
+            for a in range(0, n, _CHUNK):
+                b = min(a + _CHUNK, n)
+                e = grad[i, a:b] if with_grad else tmp[:b - a]
+                exp_shifted(x[i, a:b], mi, e, kbits[:b - a])
+                s += fsum(e)
+                if not with_labels:
+                    W += wt_sum(probs[i, a:b], weight[a:b], keep, base)
+                    D += wt_dot(x[i, a:b], mi, probs[i, a:b], weight[a:b], keep, base)
+                elif base != 0.0:
+                    D += base * wdot(x[i, a:b], mi, weight[a:b])
+            if with_labels:
+                wl = np.float64(weight[lab]) * keep
+                W = wl + base * wsum
+                if wl != 0.0:
+                    D += wl * (np.float64(x[i, lab]) - np.float64(mi))
+            loss[i] = W * math.log(s) - D
+            if with_grad:
+                # f (p W - wt) with p = e / s, e already in the gradient row
+                ff = ftype(scale[i * step])
+                ws = ftype(W / s)
+                fk, fb = ftype(keep), ftype(base)
+                g = grad[i]
+                if with_labels:
+                    el = g[lab]
+                    for j in range(n):
+                        g[j] = ff * (g[j] * ws - weight[j] * fb)
+                    g[lab] = ff * (el * ws - weight[lab] * (fb + fk))
+                else:
+                    pr = probs[i]
+                    for j in range(n):
+                        g[j] = ff * (g[j] * ws - weight[j] * (fk * pr[j] + fb))
+
+    def wt_sum(p, w, keep, base):
+        t = 0.0
+        for j in range(p.shape[0]):
+            t += np.float64(w[j]) * (keep * np.float64(p[j]) + base)
+        return t
+
+    def wt_dot(x, m, p, w, keep, base):
+        t = 0.0
+        for j in range(p.shape[0]):
+            wt = np.float64(w[j]) * (keep * np.float64(p[j]) + base)
+            t += wt * (np.float64(x[j]) - np.float64(m)) if wt != 0.0 else 0.0
+        return t
+
+    def wdot(x, m, w):
+        t = 0.0
+        for j in range(x.shape[0]):
+            wj = np.float64(w[j])
+            t += wj * (np.float64(x[j]) - np.float64(m)) if wj != 0.0 else 0.0
+        return t
+
     for fn in (exp_shifted, row_sum, softmax_rows, exp_sum_rows, state_rows, normalize_rows,
-               col_exp_sum, col_normalize):
+               col_exp_sum, col_normalize, xent_rows, wt_sum, wt_dot, wdot):
         fn.__qualname__ = f"{fn.__name__}_{suffix}"
         fn.__name__ = fn.__qualname__
     jit = njit(nogil=True, cache=True)
     exp_shifted = njit(nogil=True, cache=True, fastmath={"contract"})(exp_shifted)
     fsum = njit(nogil=True, cache=True, fastmath={"reassoc"})(row_sum)
+    wt_sum = njit(nogil=True, cache=True, fastmath={"reassoc"})(wt_sum)
+    wt_dot = njit(nogil=True, cache=True, fastmath={"reassoc"})(wt_dot)
+    wdot = njit(nogil=True, cache=True, fastmath={"reassoc"})(wdot)
     return dict(softmax_rows=jit(softmax_rows), exp_sum_rows=jit(exp_sum_rows),
                 normalize_rows=jit(normalize_rows), state_rows=jit(state_rows),
-                col_exp_sum=jit(col_exp_sum), col_normalize=jit(col_normalize))
+                col_exp_sum=jit(col_exp_sum), col_normalize=jit(col_normalize),
+                xent_rows=jit(xent_rows))
 
 
 _kernels = {}
@@ -235,3 +315,21 @@ def normalize_rows(x, M, S, out, log):
     """out = exp(x - M) / S (or (x - M) - log S) with one global finite M and S >= 1."""
     ft = np.dtype(x.dtype).type
     _get(x.dtype, "normalize_rows")(x, ft(M), float(S), out, log)
+
+
+def xent_rows(x, m, labels, probs, weight, ignore_index, smoothing, scale, loss, grad):
+    """Fused softmax cross-entropy of the rows of 2-D ``x`` (float32/64) with finite maxima
+    ``m``: loss (float64, one per row) and, when ``grad`` is given, the gradient rows.
+    Exactly one of ``labels`` (int64 per row) and ``probs`` (like x); ``weight`` (n,) or
+    None; ``scale``: the gradient factor, a float or one per row."""
+    R, n = x.shape
+    ft = np.dtype(x.dtype).type
+    w = np.ones(n, x.dtype) if weight is None else weight
+    sc = np.asarray(scale, np.float64).reshape(-1)
+    mode = (1 if labels is not None else 0) | (2 if grad is not None else 0)
+    _get(x.dtype, "xent_rows")(
+        x, m, labels if labels is not None else np.zeros(1, np.int64),
+        probs if probs is not None else np.zeros((1, 1), x.dtype), w, np.int64(ignore_index),
+        1.0 - float(smoothing), float(smoothing) / n, float(np.sum(w, dtype=np.float64)),
+        sc, 1 if sc.size > 1 else 0, loss, grad if grad is not None else np.zeros((1, 1), ft),
+        mode)

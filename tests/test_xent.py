@@ -258,3 +258,53 @@ def test_capture_mode_leaves_out_of_range_labels_to_the_kernels(monkeypatch):
         np.testing.assert_array_equal(grad[~bad], ok_g)
         assert np.isnan(cusoft.softmax_cross_entropy(x, lab, backend="simt",
                                                      reduction="sum", **kw))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_cpu_fused_rows_match_the_definition(dtype, monkeypatch):
+    """The CPU path's fused Numba kernel (row layout, finite rows): rows longer than its
+    1024-element chunk, many row blocks in threads, every target kind, per-row factors; a
+    block holding a +inf row takes the NumPy rules, the others stay fused."""
+    from cusoft import _cpu, _cpu_kernels
+
+    calls = []
+    real = _cpu_kernels.xent_rows
+    monkeypatch.setattr(_cpu_kernels, "xent_rows", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_cpu, "_BLOCK_BYTES", 64 * 1024)      # several blocks
+    monkeypatch.setattr(_cpu, "_MIN_PARALLEL_BYTES", 0)        # and threads
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((96, 2500)) * 4).astype(dtype)
+    x[5, 7] = -np.inf
+    x[70, 3] = np.inf                     # one block falls back to the NumPy rules
+    lab = rng.integers(0, 2500, 96)
+    lab[[2, 9]] = 17
+    w = rng.uniform(0.5, 2, 2500).astype(dtype)
+    probs = rng.random((96, 2500)).astype(dtype)
+    for t, kw in ((lab, dict()), (lab, dict(ignore_index=17, weight=w, label_smoothing=0.1)),
+                  (probs, dict(label_smoothing=0.2)), (probs, dict(weight=w))):
+        for red in ("mean", "none"):
+            calls.clear()
+            loss, grad = cusoft.softmax_cross_entropy(x, t, reduction=red, return_grad=True,
+                                                      **kw)
+            assert len(calls) > 1
+            ref_l, ref_g = ref_xent(x, t, -1, red, kw.get("ignore_index"),
+                                    kw.get("label_smoothing", 0.0), kw.get("weight"),
+                                    with_grad=True)
+            assert_close(loss, ref_l, dtype, what=f"loss {red} {sorted(kw)}")
+            assert_close(grad, ref_g, dtype, what=f"grad {red} {sorted(kw)}")
+
+
+def test_cpu_backend_per_row_grad_scale():
+    """Backend contract: grad_scale may be one factor per row (the fused kernel's step 1)."""
+    from cusoft import _numerics
+    from cusoft._cpu import CpuBackend
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((5, 300, 1))
+    lab = rng.integers(0, 300, (5, 1))
+    scale = rng.uniform(-2, 2, (5, 1))
+    loss, grad = np.empty((5, 1)), np.empty_like(x)
+    CpuBackend().cross_entropy(x, lab, None, None, -100, 0.1, loss, grad, scale)
+    rl, rg = _numerics.cross_entropy_block(x, lab, None, None, -100, 0.1, scale, True)
+    assert_close(loss, rl, np.float64)
+    assert_close(grad, rg, np.float64)
