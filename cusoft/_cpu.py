@@ -352,9 +352,10 @@ class CpuBackend(Backend):
 
     def cross_entropy(self, x, labels, probs, weight, ignore_index, smoothing, loss, grad,
                       grad_scale):
-        """Row layout: blocks of rows through the fused Numba kernel (one exp per element,
-        the row in cache), in threads; a block holding a row whose max is not finite, and
-        the column layout, take the NumPy rules of ``_numerics``."""
+        """Blocks of rows through the fused Numba kernel (one exp per element, the row in
+        cache), in threads; in the column layout each block is transposed in cache first.
+        A block holding a computed row whose max is not finite takes the NumPy rules of
+        ``_numerics``."""
         outer, n, inner = x.shape
         cdt = _compute_dtype(x.dtype)
         ww = None if weight is None else weight.astype(cdt, copy=False)
@@ -366,8 +367,7 @@ class CpuBackend(Backend):
             lb = None if labels is None else labels[sl[0], sl[1]]
             pb = None if probs is None else probs[sl[0], :, sl[1]].astype(cdt, copy=False)
             sb = grad_scale[sl[0], sl[1]] if per_row else grad_scale
-            if inner == 1 and self._fused_xent(xb, lb, pb, ww, ignore_index, smoothing,
-                                               loss[sl[0], sl[1]], grad, sl[0], sb):
+            if self._fused_xent(xb, lb, pb, ww, ignore_index, smoothing, sb, loss, grad, sl):
                 return
             lo, gr = nm.cross_entropy_block(xb, lb, pb, ww, ignore_index, smoothing, sb,
                                             grad is not None)
@@ -378,27 +378,31 @@ class CpuBackend(Backend):
         _map(run, blocks, x.nbytes)
 
     @staticmethod
-    def _fused_xent(xb, lb, pb, ww, ignore_index, smoothing, lo, grad, rows, sb):
-        """The Numba kernel on a block of rows (inner == 1); False when a computed row's max
+    def _fused_xent(xb, lb, pb, ww, ignore_index, smoothing, sb, loss, grad, sl):
+        """The Numba kernel on block ``sl`` (xb: (a, n, b)); False when a computed row's max
         is not finite (nothing written)."""
-        x2 = xb[:, :, 0]
+        a, n, b = xb.shape
+
+        def rows(t):   # (a, n, b) -> (a*b, n): a view when b == 1, an in-cache copy else
+            return np.ascontiguousarray(t.transpose(0, 2, 1).reshape(a * b, n))
+
+        x2 = rows(xb)
         with np.errstate(invalid="ignore"):
             m = x2.max(axis=1)
-        live = slice(None) if lb is None else lb[:, 0] != ignore_index
+        l2 = None if lb is None else lb.reshape(a * b)
+        live = slice(None) if l2 is None else l2 != ignore_index
         if not np.isfinite(m[live]).all():
             return False
         g2 = gout = None
         if grad is not None:
-            g2 = gout = grad[rows, :, 0]
-            if g2.dtype != x2.dtype:   # float16: the kernel writes float32 rows
-                g2 = np.empty_like(x2)
-        l64 = np.empty(x2.shape[0], np.float64)
-        _cpu_kernels.xent_rows(x2, np.where(np.isfinite(m), m, 0).astype(x2.dtype),
-                               None if lb is None else lb[:, 0],
-                               None if pb is None else pb[:, :, 0], ww, ignore_index,
-                               smoothing, sb if np.ndim(sb) == 0 else sb[:, 0], l64, g2)
+            gout = grad[sl[0], :, sl[1]]
+            g2 = gout[:, :, 0] if b == 1 and gout.dtype == x2.dtype else np.empty_like(x2)
+        l64 = np.empty(a * b, np.float64)
+        _cpu_kernels.xent_rows(x2, np.where(np.isfinite(m), m, 0).astype(x2.dtype), l2,
+                               None if pb is None else rows(pb), ww, ignore_index, smoothing,
+                               sb if np.ndim(sb) == 0 else sb.reshape(a * b), l64, g2)
         with np.errstate(over="ignore"):
-            lo[:, 0] = l64
-            if g2 is not gout:
-                gout[...] = g2
+            loss[sl[0], sl[1]] = l64.reshape(a, b)
+            if gout is not None and g2.base is not gout.base:
+                gout[...] = g2.reshape(a, b, n).transpose(0, 2, 1)
         return True
