@@ -379,30 +379,40 @@ class CpuBackend(Backend):
 
     @staticmethod
     def _fused_xent(xb, lb, pb, ww, ignore_index, smoothing, sb, loss, grad, sl):
-        """The Numba kernel on block ``sl`` (xb: (a, n, b)); False when a computed row's max
-        is not finite (nothing written)."""
+        """The Numba kernels on block ``sl`` (xb: (a, n, b)): rows when b == 1, else one
+        column kernel per slab.  False when a computed row's max is not finite (nothing
+        written)."""
         a, n, b = xb.shape
-
-        def rows(t):   # (a, n, b) -> (a*b, n): a view when b == 1, an in-cache copy else
-            return np.ascontiguousarray(t.transpose(0, 2, 1).reshape(a * b, n))
-
-        x2 = rows(xb)
+        cols = b > 1
+        # C-contiguous operands (one in-cache copy of a slab's columns) keep the kernels'
+        # loops vectorised
+        xs = [np.ascontiguousarray(xb[o]) for o in range(a)] if cols else [xb[:, :, 0]]
         with np.errstate(invalid="ignore"):
-            m = x2.max(axis=1)
-        l2 = None if lb is None else lb.reshape(a * b)
-        live = slice(None) if l2 is None else l2 != ignore_index
-        if not np.isfinite(m[live]).all():
-            return False
-        g2 = gout = None
-        if grad is not None:
-            gout = grad[sl[0], :, sl[1]]
-            g2 = gout[:, :, 0] if b == 1 and gout.dtype == x2.dtype else np.empty_like(x2)
-        l64 = np.empty(a * b, np.float64)
-        _cpu_kernels.xent_rows(x2, np.where(np.isfinite(m), m, 0).astype(x2.dtype), l2,
-                               None if pb is None else rows(pb), ww, ignore_index, smoothing,
-                               sb if np.ndim(sb) == 0 else sb.reshape(a * b), l64, g2)
+            ms = [x2.max(axis=0 if cols else 1) for x2 in xs]
+        labs = [None] * len(xs) if lb is None else (list(lb) if cols else [lb[:, 0]])
+        for m, l2 in zip(ms, labs):
+            live = slice(None) if l2 is None else l2 != ignore_index
+            if not np.isfinite(m[live]).all():
+                return False
+        gout = None if grad is None else grad[sl[0], :, sl[1]]
+        l64 = np.empty((a, b), np.float64)
+        for o, (x2, m, l2) in enumerate(zip(xs, ms, labs)):
+            g2 = None
+            if gout is not None:
+                g2 = gout[o] if cols else gout[:, :, 0]
+                if g2.dtype != x2.dtype or not g2.flags.c_contiguous:
+                    g2 = np.empty_like(x2)        # float16 (float32 rows) or a column slab
+            p2 = None if pb is None else np.ascontiguousarray(pb[o] if cols else pb[:, :, 0])
+            sc = sb if np.ndim(sb) == 0 else (sb[o] if cols else sb[:, 0])
+            _cpu_kernels.xent_rows(x2, np.where(np.isfinite(m), m, 0).astype(x2.dtype), l2,
+                                   p2, ww, ignore_index, smoothing, sc,
+                                   l64[o] if cols else l64[:, 0], g2, columns=cols)
+            if g2 is not None and g2.base is None:   # written to a scratch array
+                with np.errstate(over="ignore"):
+                    if cols:
+                        gout[o] = g2
+                    else:
+                        gout[:, :, 0] = g2
         with np.errstate(over="ignore"):
-            loss[sl[0], sl[1]] = l64.reshape(a, b)
-            if gout is not None and g2.base is not gout.base:
-                gout[...] = g2.reshape(a, b, n).transpose(0, 2, 1)
+            loss[sl[0], sl[1]] = l64
         return True

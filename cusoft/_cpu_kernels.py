@@ -231,6 +231,79 @@ def _make(dtype):
                     for j in range(n):
                         g[j] = ff * (g[j] * ws - weight[j] * (fk * pr[j] + fb))
 
+    def xent_cols(x, m, labels, probs, weight, ign, keep, base, wsum, scale, step, loss,
+                  grad, mode):
+        # xent_rows for the column layout: x (n, k) holds k columns (one row each, the
+        # classes down the column), walked a class at a time so every loop runs along the
+        # contiguous k.  Same formulas; the label terms are gathered per column at the end.
+        n, k = x.shape
+        kbits = np.empty(k, itype)
+        d = np.empty(k, ftype)
+        e = np.empty(k, ftype)
+        s = np.zeros(k, np.float64)
+        W = np.zeros(k, np.float64)
+        D = np.zeros(k, np.float64)
+        with_labels = (mode & 1) != 0
+        with_grad = (mode & 2) != 0
+        for j in range(n):
+            for i in range(k):
+                d[i] = x[j, i] - m[i]
+            ej = grad[j] if with_grad else e
+            exp_shifted(d, ftype(0), ej, kbits)
+            for i in range(k):
+                s[i] += ej[i]
+            wj = np.float64(weight[j])
+            if with_labels:
+                if base != 0.0 and wj != 0.0:
+                    for i in range(k):
+                        D[i] += base * wj * np.float64(d[i])
+            else:
+                for i in range(k):
+                    wt = wj * (keep * np.float64(probs[j, i]) + base)
+                    W[i] += wt
+                    D[i] += wt * np.float64(d[i]) if wt != 0.0 else 0.0
+        for i in range(k):
+            if with_labels:
+                lab = labels[i]
+                if lab == ign:
+                    loss[i] = 0.0
+                    continue
+                wl = np.float64(weight[lab]) * keep
+                W[i] = wl + base * wsum
+                if wl != 0.0:
+                    D[i] += wl * (np.float64(x[lab, i]) - np.float64(m[i]))
+            loss[i] = W[i] * math.log(s[i]) - D[i]
+        if not with_grad:
+            return
+        fk, fb = ftype(keep), ftype(base)
+        ws = np.empty(k, ftype)
+        ff = np.empty(k, ftype)
+        elab = np.empty(k, ftype)
+        for i in range(k):
+            ws[i] = ftype(W[i] / s[i]) if s[i] > 0.0 else ftype(0)   # s = 0: an ignored column
+            ff[i] = ftype(scale[i * step])
+            if with_labels:
+                lab = labels[i]
+                elab[i] = grad[lab, i] if lab != ign else ftype(0)
+        for j in range(n):
+            g = grad[j]
+            if with_labels:
+                wb = weight[j] * fb
+                for i in range(k):
+                    g[i] = ff[i] * (g[i] * ws[i] - wb)
+            else:
+                wj = weight[j]
+                for i in range(k):
+                    g[i] = ff[i] * (g[i] * ws[i] - wj * (fk * probs[j, i] + fb))
+        if with_labels:
+            for i in range(k):
+                lab = labels[i]
+                if lab == ign:
+                    for j in range(n):
+                        grad[j, i] = ftype(0)
+                else:
+                    grad[lab, i] = ff[i] * (elab[i] * ws[i] - weight[lab] * (fb + fk))
+
     def wt_sum(p, w, keep, base):
         t = 0.0
         for j in range(p.shape[0]):
@@ -252,7 +325,7 @@ def _make(dtype):
         return t
 
     for fn in (exp_shifted, row_sum, softmax_rows, exp_sum_rows, state_rows, normalize_rows,
-               col_exp_sum, col_normalize, xent_rows, wt_sum, wt_dot, wdot):
+               col_exp_sum, col_normalize, xent_rows, xent_cols, wt_sum, wt_dot, wdot):
         fn.__qualname__ = f"{fn.__name__}_{suffix}"
         fn.__name__ = fn.__qualname__
     jit = njit(nogil=True, cache=True)
@@ -264,7 +337,7 @@ def _make(dtype):
     return dict(softmax_rows=jit(softmax_rows), exp_sum_rows=jit(exp_sum_rows),
                 normalize_rows=jit(normalize_rows), state_rows=jit(state_rows),
                 col_exp_sum=jit(col_exp_sum), col_normalize=jit(col_normalize),
-                xent_rows=jit(xent_rows))
+                xent_rows=jit(xent_rows), xent_cols=jit(xent_cols))
 
 
 _kernels = {}
@@ -317,17 +390,19 @@ def normalize_rows(x, M, S, out, log):
     _get(x.dtype, "normalize_rows")(x, ft(M), float(S), out, log)
 
 
-def xent_rows(x, m, labels, probs, weight, ignore_index, smoothing, scale, loss, grad):
+def xent_rows(x, m, labels, probs, weight, ignore_index, smoothing, scale, loss, grad,
+              columns=False):
     """Fused softmax cross-entropy of the rows of 2-D ``x`` (float32/64) with finite maxima
     ``m``: loss (float64, one per row) and, when ``grad`` is given, the gradient rows.
     Exactly one of ``labels`` (int64 per row) and ``probs`` (like x); ``weight`` (n,) or
-    None; ``scale``: the gradient factor, a float or one per row."""
-    R, n = x.shape
+    None; ``scale``: the gradient factor, a float or one per row.  ``columns``: x is
+    (n, k), one row per column (the column layout; probs and grad laid out the same)."""
+    n = x.shape[0] if columns else x.shape[1]
     ft = np.dtype(x.dtype).type
     w = np.ones(n, x.dtype) if weight is None else weight
     sc = np.asarray(scale, np.float64).reshape(-1)
     mode = (1 if labels is not None else 0) | (2 if grad is not None else 0)
-    _get(x.dtype, "xent_rows")(
+    _get(x.dtype, "xent_cols" if columns else "xent_rows")(
         x, m, labels if labels is not None else np.zeros(1, np.int64),
         probs if probs is not None else np.zeros((1, 1), x.dtype), w, np.int64(ignore_index),
         1.0 - float(smoothing), float(smoothing) / n, float(np.sum(w, dtype=np.float64)),

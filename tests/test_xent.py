@@ -269,7 +269,7 @@ def test_cpu_fused_rows_match_the_definition(dtype, monkeypatch):
 
     calls = []
     real = _cpu_kernels.xent_rows
-    monkeypatch.setattr(_cpu_kernels, "xent_rows", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_cpu_kernels, "xent_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(_cpu, "_BLOCK_BYTES", 64 * 1024)      # several blocks
     monkeypatch.setattr(_cpu, "_MIN_PARALLEL_BYTES", 0)        # and threads
     rng = np.random.default_rng(12)
@@ -317,7 +317,7 @@ def test_cpu_fused_column_layout(monkeypatch):
 
     calls = []
     real = _cpu_kernels.xent_rows
-    monkeypatch.setattr(_cpu_kernels, "xent_rows", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_cpu_kernels, "xent_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(_cpu, "_BLOCK_BYTES", 32 * 1024)
     rng = np.random.default_rng(14)
     x = rng.standard_normal((6, 1300, 7)).astype(np.float32)
