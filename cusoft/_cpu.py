@@ -352,10 +352,9 @@ class CpuBackend(Backend):
 
     def cross_entropy(self, x, labels, probs, weight, ignore_index, smoothing, loss, grad,
                       grad_scale):
-        """Blocks of rows through the fused Numba kernel (one exp per element, the row in
-        cache), in threads; in the column layout each block is transposed in cache first.
-        A block holding a computed row whose max is not finite takes the NumPy rules of
-        ``_numerics``."""
+        """Blocks of rows through the fused Numba kernels (one exp per element, the block
+        in cache; the column layout has a kernel of its own), in threads.  A block holding
+        a computed row whose max is not finite takes the NumPy rules of ``_numerics``."""
         outer, n, inner = x.shape
         cdt = _compute_dtype(x.dtype)
         ww = None if weight is None else weight.astype(cdt, copy=False)
