@@ -20,7 +20,7 @@ import scipy.special as sp
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 import cusoft  # noqa: E402
-from bench_softmax import _best  # noqa: E402
+from bench_softmax import _best, cpu_copy_bw  # noqa: E402
 from cusoft._check import TOLERANCE, error  # noqa: E402
 
 CASES = [((4096, 4096), 1), ((65536, 256), 1), ((1, 1 << 24), None), ((4096, 4096), 0)]
@@ -31,10 +31,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
-    a = rng.standard_normal(1 << 24).astype(np.float32)
-    b = np.empty_like(a)
-    t, _ = _best(lambda: np.copyto(b, a))
-    read_bw = a.nbytes / (t / 2)          # a copy reads and writes: half its time per pass
+    read_bw = cpu_copy_bw()               # a copy reads and writes: half its time per pass
     rows = []
     for dt in (np.float32, np.float64):
         for shape, axis in CASES:

@@ -41,17 +41,21 @@ def _best(fn, reps=7, warm=2):
     return float(np.median(ts)), float(min(ts))
 
 
+def cpu_copy_bw():
+    """Bytes per second (read + written) of a large in-memory copy: the CPU's ceiling."""
+    a = np.random.default_rng(0).standard_normal(1 << 24).astype(np.float32)
+    b = np.empty_like(a)
+    t, _ = _best(lambda: np.copyto(b, a))
+    return 2 * a.nbytes / t
+
+
 def cpu_rows(quick):
     rng = np.random.default_rng(0)
     shapes = [((4096, 4096), 1), ((65536, 256), 1), ((256, 65536), 1), ((1, 1 << 24), None),
               ((4096, 4096), 0)]
     if quick:
         shapes = [((4096, 4096), 1)]
-    # memory ceiling: a large copy, bytes read + written
-    a = rng.standard_normal(1 << 24).astype(np.float32)
-    b = np.empty_like(a)
-    t, _ = _best(lambda: np.copyto(b, a))
-    copy_bw = 2 * a.nbytes / t
+    copy_bw = cpu_copy_bw()
     rows = []
     for dt in (np.float32, np.float64):
         for shape, axis in shapes:

@@ -24,7 +24,7 @@ import scipy.special as sp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import cusoft  # noqa: E402
-from bench_softmax import _best  # noqa: E402
+from bench_softmax import _best, cpu_copy_bw  # noqa: E402
 
 
 def scipy_xent(x, lab, axis):
@@ -46,10 +46,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
-    a = rng.standard_normal(1 << 24).astype(np.float32)
-    b = np.empty_like(a)
-    t, _ = _best(lambda: np.copyto(b, a))
-    copy_bw = 2 * a.nbytes / t
+    copy_bw = cpu_copy_bw()
     cases = [((4096, 4096), 1), ((65536, 256), 1), ((4096, 4096), 0)]
     if args.quick:
         cases = cases[:1]
