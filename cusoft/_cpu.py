@@ -345,6 +345,15 @@ class CpuBackend(Backend):
         def run(sl):
             yb = y[sl[0], :, sl[1]].astype(cdt, copy=False)
             db = dy[sl[0], :, sl[1]].astype(cdt, copy=False)
+            if inner == 1 and (not log or yb.max(initial=-np.inf) <= 0):
+                # the fused row kernel; log_softmax's needs log-probabilities (no NaN, <= 0)
+                ob = out[sl[0], :, 0]
+                o2 = ob if ob.dtype == cdt else np.empty_like(yb[:, :, 0])
+                _cpu_kernels.softmax_backward_rows(yb[:, :, 0], db[:, :, 0], o2, log)
+                if o2 is not ob:
+                    with np.errstate(over="ignore"):
+                        ob[...] = o2
+                return
             out[sl[0], :, sl[1]] = nm.softmax_backward_block(yb, db, np.empty_like(yb), log)
 
         _map(run, blocks, y.nbytes)

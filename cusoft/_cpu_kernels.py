@@ -304,6 +304,37 @@ def _make(dtype):
                 else:
                     grad[lab, i] = ff[i] * (elab[i] * ws[i] - weight[lab] * (fb + fk))
 
+    def bwd_rows(y, dy, out, log):
+        # out = y (dy - sum(dy y)) (softmax) or dy - exp(y) sum(dy) (log_softmax, y <= 0),
+        # the row sums in float64; out may alias y or dy (each element is read first)
+        R, n = y.shape
+        kbits = np.empty(_CHUNK, itype)
+        tmp = np.empty(_CHUNK, ftype)
+        for i in range(R):
+            s = fsum(dy[i]) if log else fdot(y[i], dy[i])
+            sf = ftype(s)
+            if log:
+                for a in range(0, n, _CHUNK):
+                    b = min(a + _CHUNK, n)
+                    e = tmp[:b - a]
+                    exp_shifted(y[i, a:b], ftype(0), e, kbits[:b - a])
+                    o = out[i, a:b]
+                    d = dy[i, a:b]
+                    for j in range(b - a):
+                        o[j] = d[j] - e[j] * sf
+            else:
+                o = out[i]
+                yi = y[i]
+                d = dy[i]
+                for j in range(n):
+                    o[j] = yi[j] * (d[j] - sf)
+
+    def row_dot(u, v):
+        t = 0.0
+        for j in range(u.shape[0]):
+            t += np.float64(u[j]) * np.float64(v[j])
+        return t
+
     def wt_sum(p, w, keep, base):
         t = 0.0
         for j in range(p.shape[0]):
@@ -325,19 +356,21 @@ def _make(dtype):
         return t
 
     for fn in (exp_shifted, row_sum, softmax_rows, exp_sum_rows, state_rows, normalize_rows,
-               col_exp_sum, col_normalize, xent_rows, xent_cols, wt_sum, wt_dot, wdot):
+               col_exp_sum, col_normalize, xent_rows, xent_cols, bwd_rows, row_dot, wt_sum,
+               wt_dot, wdot):
         fn.__qualname__ = f"{fn.__name__}_{suffix}"
         fn.__name__ = fn.__qualname__
     jit = njit(nogil=True, cache=True)
     exp_shifted = njit(nogil=True, cache=True, fastmath={"contract"})(exp_shifted)
     fsum = njit(nogil=True, cache=True, fastmath={"reassoc"})(row_sum)
+    fdot = njit(nogil=True, cache=True, fastmath={"reassoc"})(row_dot)
     wt_sum = njit(nogil=True, cache=True, fastmath={"reassoc"})(wt_sum)
     wt_dot = njit(nogil=True, cache=True, fastmath={"reassoc"})(wt_dot)
     wdot = njit(nogil=True, cache=True, fastmath={"reassoc"})(wdot)
     return dict(softmax_rows=jit(softmax_rows), exp_sum_rows=jit(exp_sum_rows),
                 normalize_rows=jit(normalize_rows), state_rows=jit(state_rows),
                 col_exp_sum=jit(col_exp_sum), col_normalize=jit(col_normalize),
-                xent_rows=jit(xent_rows), xent_cols=jit(xent_cols))
+                xent_rows=jit(xent_rows), xent_cols=jit(xent_cols), bwd_rows=jit(bwd_rows))
 
 
 _kernels = {}
@@ -408,3 +441,9 @@ def xent_rows(x, m, labels, probs, weight, ignore_index, smoothing, scale, loss,
         1.0 - float(smoothing), float(smoothing) / n, float(np.sum(w, dtype=np.float64)),
         sc, 1 if sc.size > 1 else 0, loss, grad if grad is not None else np.zeros((1, 1), ft),
         mode)
+
+
+def softmax_backward_rows(y, dy, out, log):
+    """Fused softmax/log_softmax gradient of the rows of 2-D ``y``, ``dy`` (float32/64, one
+    dtype); for ``log`` every y must be <= 0 (a log-probability; no NaN)."""
+    _get(y.dtype, "bwd_rows")(y, dy, out, log)

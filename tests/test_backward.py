@@ -56,3 +56,46 @@ def test_backward_errors():
         cusoft.softmax_backward(np.zeros((2, 3)), np.zeros((3, 2)), axis=1)
     with pytest.raises(TypeError):
         cusoft.softmax_backward(np.zeros(3), np.array(["a", "b", "c"]))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_cpu_fused_rows(dtype, monkeypatch):
+    """The CPU path's fused row kernel: rows longer than its chunk, several blocks in
+    threads, out aliasing y or dy; log_softmax's gradient of anything but log-probabilities
+    (a positive y, a NaN) takes the NumPy rules, with the same values."""
+    from cusoft import _cpu, _cpu_kernels
+
+    calls = []
+    real = _cpu_kernels.softmax_backward_rows
+    monkeypatch.setattr(_cpu_kernels, "softmax_backward_rows",
+                        lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_cpu, "_BLOCK_BYTES", 64 * 1024)
+    monkeypatch.setattr(_cpu, "_MIN_PARALLEL_BYTES", 0)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 2500)) * 3
+    x[4, 9] = -np.inf
+    dy = rng.standard_normal(x.shape)
+    for log, fn in ((False, cusoft.softmax_backward), (True, cusoft.log_softmax_backward)):
+        y = (sp.log_softmax if log else sp.softmax)(x, axis=1)
+        yd, dyd = y.astype(dtype), dy.astype(dtype)
+        y64, dy64 = yd.astype(np.float64), dyd.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            ref = (dy64 - np.exp(y64) * dy64.sum(1, keepdims=True) if log
+                   else y64 * (dy64 - (dy64 * y64).sum(1, keepdims=True)))
+        tol = np.float16 if dtype == np.float16 else dtype
+        calls.clear()
+        assert_close(fn(yd, dyd, axis=1), ref, tol, what=f"log={log}")
+        assert len(calls) > 1
+        for alias in ("y", "dy"):
+            a, b = yd.copy(), dyd.copy()
+            got = fn(a, b, axis=1, out=a if alias == "y" else b)
+            assert_close(got, ref, tol, what=f"log={log} out={alias}")
+        if log:   # not log-probabilities: the NumPy rules, the same formula
+            for bad in (0.5, np.nan):
+                yb = yd.copy()
+                yb[7, 3] = bad
+                y64b = yb.astype(np.float64)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    refb = dy64 - np.exp(y64b) * dy64.sum(1, keepdims=True)
+                calls.clear()
+                assert_close(fn(yb, dyd, axis=1), refb, tol, what=f"y = {bad}")
