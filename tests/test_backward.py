@@ -99,3 +99,19 @@ def test_cpu_fused_rows(dtype, monkeypatch):
                     refb = dy64 - np.exp(y64b) * dy64.sum(1, keepdims=True)
                 calls.clear()
                 assert_close(fn(yb, dyd, axis=1), refb, tol, what=f"y = {bad}")
+
+
+def test_column_layout_out_aliases_an_input():
+    """The column layout writes its blocks in place: out may be y or dy."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 50, 7))
+    dy = rng.standard_normal(x.shape)
+    for log, fn in ((False, cusoft.softmax_backward), (True, cusoft.log_softmax_backward)):
+        y = (sp.log_softmax if log else sp.softmax)(x, axis=1)
+        ref = fn(y, dy, axis=1)
+        assert_close(ref, dy - np.exp(y) * dy.sum(1, keepdims=True) if log
+                     else y * (dy - (dy * y).sum(1, keepdims=True)), np.float64)
+        for alias in ("y", "dy"):
+            a, b = y.copy(), dy.copy()
+            got = fn(a, b, axis=1, out=a if alias == "y" else b)
+            np.testing.assert_array_equal(got, ref)
