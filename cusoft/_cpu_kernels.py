@@ -205,8 +205,9 @@ def _make(dtype):
                 exp_shifted(x[i, a:b], mi, e, kbits[:b - a])
                 s += fsum(e)
                 if not with_labels:
-                    W += wt_sum(probs[i, a:b], weight[a:b], keep, base)
-                    D += wt_dot(x[i, a:b], mi, probs[i, a:b], weight[a:b], keep, base)
+                    Wc, Dc = wt_sums(x[i, a:b], mi, probs[i, a:b], weight[a:b], keep, base)
+                    W += Wc
+                    D += Dc
                 elif base != 0.0:
                     D += base * wdot(x[i, a:b], mi, weight[a:b])
             if with_labels:
@@ -335,18 +336,15 @@ def _make(dtype):
             t += np.float64(u[j]) * np.float64(v[j])
         return t
 
-    def wt_sum(p, w, keep, base):
-        t = 0.0
-        for j in range(p.shape[0]):
-            t += np.float64(w[j]) * (keep * np.float64(p[j]) + base)
-        return t
-
-    def wt_dot(x, m, p, w, keep, base):
-        t = 0.0
+    def wt_sums(x, m, p, w, keep, base):
+        # (sum wt_j, sum_{wt_j != 0} wt_j (x_j - m)) with wt_j = w_j (keep p_j + base)
+        W = 0.0
+        D = 0.0
         for j in range(p.shape[0]):
             wt = np.float64(w[j]) * (keep * np.float64(p[j]) + base)
-            t += wt * (np.float64(x[j]) - np.float64(m)) if wt != 0.0 else 0.0
-        return t
+            W += wt
+            D += wt * (np.float64(x[j]) - np.float64(m)) if wt != 0.0 else 0.0
+        return W, D
 
     def wdot(x, m, w):
         t = 0.0
@@ -356,16 +354,15 @@ def _make(dtype):
         return t
 
     for fn in (exp_shifted, row_sum, softmax_rows, exp_sum_rows, state_rows, normalize_rows,
-               col_exp_sum, col_normalize, xent_rows, xent_cols, bwd_rows, row_dot, wt_sum,
-               wt_dot, wdot):
+               col_exp_sum, col_normalize, xent_rows, xent_cols, bwd_rows, row_dot, wt_sums,
+               wdot):
         fn.__qualname__ = f"{fn.__name__}_{suffix}"
         fn.__name__ = fn.__qualname__
     jit = njit(nogil=True, cache=True)
     exp_shifted = njit(nogil=True, cache=True, fastmath={"contract"})(exp_shifted)
     fsum = njit(nogil=True, cache=True, fastmath={"reassoc"})(row_sum)
     fdot = njit(nogil=True, cache=True, fastmath={"reassoc"})(row_dot)
-    wt_sum = njit(nogil=True, cache=True, fastmath={"reassoc"})(wt_sum)
-    wt_dot = njit(nogil=True, cache=True, fastmath={"reassoc"})(wt_dot)
+    wt_sums = njit(nogil=True, cache=True, fastmath={"reassoc"})(wt_sums)
     wdot = njit(nogil=True, cache=True, fastmath={"reassoc"})(wdot)
     return dict(softmax_rows=jit(softmax_rows), exp_sum_rows=jit(exp_sum_rows),
                 normalize_rows=jit(normalize_rows), state_rows=jit(state_rows),
