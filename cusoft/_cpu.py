@@ -413,22 +413,22 @@ class CpuBackend(Backend):
         gout = None if grad is None else grad[sl[0], :, sl[1]]
         l64 = np.empty((a, b), np.float64)
         for o, (x2, m, l2) in enumerate(zip(xs, ms, labs)):
-            g2 = None
+            g2 = scratch = None
             if gout is not None:
                 g2 = gout[o] if cols else gout[:, :, 0]
                 if g2.dtype != x2.dtype or not g2.flags.c_contiguous:
-                    g2 = np.empty_like(x2)        # float16 (float32 rows) or a column slab
+                    g2 = scratch = np.empty_like(x2)   # float16 (float32 rows), column slab
             p2 = None if pb is None else np.ascontiguousarray(pb[o] if cols else pb[:, :, 0])
             sc = sb if np.ndim(sb) == 0 else (sb[o] if cols else sb[:, 0])
             _cpu_kernels.xent_rows(x2, np.where(np.isfinite(m), m, 0).astype(x2.dtype), l2,
                                    p2, ww, ignore_index, smoothing, sc,
                                    l64[o] if cols else l64[:, 0], g2, columns=cols)
-            if g2 is not None and g2.base is None:   # written to a scratch array
+            if scratch is not None:
                 with np.errstate(over="ignore"):
                     if cols:
-                        gout[o] = g2
+                        gout[o] = scratch
                     else:
-                        gout[:, :, 0] = g2
+                        gout[:, :, 0] = scratch
         with np.errstate(over="ignore"):
             loss[sl[0], sl[1]] = l64
         return True

@@ -31,11 +31,12 @@ def _capturing(kind):
         return True
 
 
-def _mean_scale_on_device(xp, lab, w, ign, C):
-    """1 / (summed weight of the kept labels), inf when it is 0, as a 0-d device array:
-    "mean" needs no host round trip, so the call stays capturable.  Out-of-range labels
-    (possible only under capture, where the kernels give them NaN rows) are counted with
-    weight 0 here; their NaN reaches the loss through the sum anyway."""
+def _mean_scale(xp, lab, w, ign, C):
+    """1 / (summed weight of the kept labels) as a 0-d array of ``xp``; 1/0 = inf, so the
+    mean is the sum divided by it in IEEE terms (a positive sum over nothing to average is
+    inf, an all-ignored 0 is NaN).  On CuPy it never leaves the device, so the call stays
+    capturable.  Out-of-range labels (possible only under capture, where the kernels give
+    them NaN rows) are counted with weight 0; their NaN reaches the loss through the sum."""
     keep = (lab != ign) & (lab >= 0) & (lab < C)
     if w is None:
         den = keep.sum(dtype=np.float64)
@@ -153,21 +154,14 @@ def softmax_cross_entropy(logits, target, axis=-1, *, reduction="mean", ignore_i
     lab3 = None if labels is None else xp.ascontiguousarray(labels).reshape(outer, inner)
     prob3 = None if probs is None else v.to_canonical(xp, probs, (ax,))[0]
     # the reduction's factor, folded into the fused gradient
-    if reduction == "mean" and labels is not None and kind == "cupy":
-        scale = _mean_scale_on_device(xp, lab3, w, ign, C)
-    elif reduction == "mean":
-        if labels is not None:
+    if reduction == "mean" and labels is not None:
+        if kind == "cupy":
+            scale = _mean_scale(xp, lab3, w, ign, C)
+        else:   # Numba device arrays have no reductions: their labels are on the host here
             lab, ww = (_host(lab3), _host(w)) if kind == "cuda" else (lab3, w)
-            keep = lab != ign
-            if ww is None:
-                den = float(keep.sum())
-            else:
-                den = float((ww[lab * keep] * keep).sum())
-        else:
-            den = float(outer * inner)
-        # 1 / 0 = inf, so the mean is the sum divided by den in IEEE arithmetic: a positive
-        # sum over nothing to average (all kept weights 0) is inf, an all-ignored 0 is NaN
-        scale = 1.0 / den if den != 0 else float("inf")
+            scale = float(_mean_scale(np, lab, ww, ign, C))
+    elif reduction == "mean":
+        scale = 1.0 / (outer * inner) if outer * inner else float("inf")
     else:
         scale = 1.0
     loss3 = xp.empty((outer, inner), dt)
