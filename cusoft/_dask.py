@@ -607,9 +607,7 @@ def _xent_grad(xb, tb, st, cb, wb, tot, scale, **kw):
     wt = _targets(xb, tb, cb, wb, **kw)
     with np.errstate(**_ERR):
         g = xp.exp(_logp(xb, st)) * xp.asarray(tot) - wt
-        g = g * xp.asarray(scale, dtype=g.dtype)
-    if kw["labels"]:
-        g = _zero_ignored(g, tb, kw["ign"], kw["ax"])
+    g = _scale_grad(g, tb if kw["labels"] else None, scale, ign=kw["ign"], ax=kw["ax"])
     return g.astype(dt, copy=False)
 
 

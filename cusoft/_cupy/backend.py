@@ -121,18 +121,14 @@ class KernelBackend(Backend):
         acc = _launch.acc_dtype(x.dtype)
         # grad_scale reaches the kernels as an array: one value (a Python float, or a
         # device array the caller computed without leaving the GPU) or one per row.
-        if numpy.ndim(grad_scale) == 0 or numpy.size(grad_scale) == 1:
-            step = 0
-            if numpy.ndim(grad_scale) == 0 and not hasattr(grad_scale, "shape"):
-                scale = self._empty(x, 1, acc)
-                scale[...] = float(grad_scale)
-            else:
-                scale = grad_scale.reshape(1).astype(acc, copy=False)
-        else:
-            step = 1
-            scale = grad_scale.reshape(outer * inner).astype(acc, copy=False)
+        if hasattr(grad_scale, "shape"):
+            scale = grad_scale.reshape(-1).astype(acc, copy=False)
             if not scale.flags.c_contiguous:
                 scale = scale.copy()
+        else:
+            scale = self._empty(x, 1, acc)
+            scale[...] = float(grad_scale)
+        step = 0 if scale.size == 1 else 1
         named = {
             "x": x,
             # placeholders for absent optional arrays (flags say which are real)
