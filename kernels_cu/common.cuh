@@ -31,7 +31,7 @@
 #ifdef __CUDACC__
 #include <cuda_fp16.h>
 #define CUSOFT_DEV __device__ __forceinline__
-#define CUSOFT_BOUNDS(n) __launch_bounds__(n)
+#define CUSOFT_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
 // Dynamic shared memory as a typed pointer.  One untyped symbol for every kernel (declaring
 // it with different element types in different templates would not link under nvcc).
 #define CUSOFT_DYN_SMEM(type, name)                                                       \
@@ -39,7 +39,7 @@
     type* name = reinterpret_cast<type*>(cusoft_dyn_smem_)
 #else
 #define CUSOFT_DEV __device__ inline
-#define CUSOFT_BOUNDS(n)
+#define CUSOFT_BOUNDS(...)
 #endif
 
 namespace cusoft {

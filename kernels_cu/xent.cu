@@ -190,8 +190,11 @@ CUSOFT_DEV XentArgs<T> xent_args(const T* x, const i64* labels, const T* probs, 
 // =======================================================================================
 // Row layout
 // =======================================================================================
+// Two blocks per SM in the bound: with the block size alone ptxas gave K = 2 only 32
+// registers and spilled once the row's gradient factor was hoisted out of the element loop
+// (inside it, the factor was reloaded per element, since the gradient stores may alias it).
 template <typename T, int K>
-__global__ void CUSOFT_BOUNDS(256)
+__global__ void CUSOFT_BOUNDS(256, 2)
 xent_warp(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
 {
     typedef acc_t<T> A;
@@ -241,13 +244,14 @@ xent_warp(CUSOFT_XENT_PARAMS, i64 rows, i64 n)
         if (a.label_only()) {
             if (lane == 0) l.v = loss_term(a.wt(label, label, pr, 1), lp(Traits<T>::load(xr[label])));
         } else {
+            const A sc = has_grad ? a.scale_of(row) : A(0);
 #pragma unroll
             for (int k = 0; k < K; ++k) {
                 const i64 j = (i64)k * kWarp + lane;
                 if (j < n) {
                     const A wt = a.wt(j, label, pr, 1), logp = lp(v[k]);
                     l.v += loss_term(wt, logp);
-                    if (has_grad) gr[j] = grad_value<T>(a.scale_of(row), logp, sw.w, wt);
+                    if (has_grad) gr[j] = grad_value<T>(sc, logp, sw.w, wt);
                 }
             }
             l = warp_reduce(l);
