@@ -4,7 +4,7 @@ reference and finite differences."""
 import numpy as np
 import pytest
 import scipy.special as sp
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -210,12 +210,39 @@ def _check_case(case, backend):
     ref_l, ref_g = ref_xent(case["x"], t, case["axis"], case["reduction"],
                             case["ignore_index"], case["label_smoothing"], case["weight"],
                             with_grad=True)
+    kept = _kept_rows(case)
+    if kept is not None and kept.any() and _kept_weight(case, kept) == 0:
+        # "mean" over zero total weight: the factor is 1/0 = inf, and the sum it divides
+        # (and each p W - w t of the gradient) can be a tiny number or, after the compute
+        # dtype's rounding, exactly 0 (-> NaN): the loss and every kept row's gradient are
+        # not finite, ignored rows stay exactly 0
+        g = np.moveaxis(np.asarray(grad, np.float64), case["axis"], -1)
+        assert not np.isfinite(loss), "mean over zero weight"
+        assert not np.isfinite(g[kept]).any(), "kept rows of a mean over zero weight"
+        assert np.all(g[~kept] == 0), "ignored rows"
+        return
     assert_close(loss, ref_l, dtype, what="loss")
     assert_close(grad, ref_g, dtype, what="grad")
 
 
+def _kept_rows(case):
+    """Which label rows count in "mean" (None: not a label "mean")."""
+    t = np.asarray(case["target"])
+    if case["reduction"] != "mean" or t.dtype.kind not in "iu":
+        return None
+    return np.ones(t.shape, bool) if case["ignore_index"] is None else t != case["ignore_index"]
+
+
+def _kept_weight(case, kept):
+    w = case["weight"]
+    return kept.sum() if w is None else np.asarray(w, np.float64)[np.asarray(case["target"])[kept]].sum()
+
+
 @settings(max_examples=150, deadline=None)
 @given(case=xent_case())
+@example(case=dict(x=np.array([18.0, 0.0], np.float32), target=np.array(1), axis=0,
+                   dtype=np.float32, reduction="mean", ignore_index=None, label_smoothing=0.1,
+                   weight=np.array([1.0, 0.0], np.float32)))   # found by CI: zero mean weight
 def test_any_case_matches_the_definition_cpu(case):
     _check_case(case, None)
 
